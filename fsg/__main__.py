@@ -1,0 +1,3 @@
+from fsg.cli import main
+
+main()

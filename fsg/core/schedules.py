@@ -1,0 +1,65 @@
+"""Training-time schedules of consistency models: discretisation N(k), target EMA mu(k), index sampling.
+
+Pure functions of the training step k; tests check them against values derived by hand.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def ct_num_scales_and_ema(k: int, K: int, s0: int, s1: int, mu0: float, form: str = "code") -> tuple[int, float]:
+    """N(k) and mu(k) of consistency training (Eq. 9 / Appendix C of Song et al. 2023).
+
+    Paper:  N(k) = ceil(sqrt(k/K ((s1+1)^2 - s0^2) + s0^2) - 1) + 1,  mu(k) = exp(s0 ln(mu0) / N(k)).
+    Code (openai/consistency_models `create_ema_and_scales_fn`): the same N(k), but mu(k) divides by
+    N(k) - 1 (the value before the +1). `form` picks "code" (the published checkpoints) or "paper".
+    """
+    n = math.ceil(math.sqrt(k / K * ((s1 + 1) ** 2 - s0**2) + s0**2) - 1)
+    n = max(n, 1)
+    N = n + 1
+    divisor = n if form == "code" else N
+    if form not in ("code", "paper"):
+        raise ValueError(f"unknown schedule form {form!r}")
+    return N, math.exp(s0 * math.log(mu0) / divisor)
+
+
+def ict_num_scales(k: int, K: int, s0: int = 10, s1: int = 1280) -> int:
+    """Exponential curriculum N(k) = min(s0 2^floor(k/K'), s1) + 1, K' = floor(K / (log2(s1/s0) + 1)).
+
+    Eq. 6 of Song & Dhariwal 2023 (improved consistency training).
+    """
+    K_prime = math.floor(K / (math.log2(s1 / s0) + 1))
+    return min(s0 * 2 ** math.floor(k / max(K_prime, 1)), s1) + 1
+
+
+def lognormal_index_probs(sigmas: torch.Tensor, P_mean: float = -1.1, P_std: float = 2.0) -> torch.Tensor:
+    """p(i) ∝ erf((ln s_{i+1} - P_mean)/(sqrt2 P_std)) - erf((ln s_i - P_mean)/(sqrt2 P_std)) over ascending sigmas.
+
+    Sec. 3.5 of Song & Dhariwal 2023: index i picks the pair (sigma_i, sigma_{i+1}) with sigma ascending.
+    Returns len(sigmas) - 1 probabilities.
+    """
+    ln = sigmas.double().log()
+    cdf = torch.erf((ln - P_mean) / (math.sqrt(2) * P_std))
+    p = cdf[1:] - cdf[:-1]
+    return p / p.sum()
+
+
+def ect_r(t: torch.Tensor, stage: float, q: float = 2.0, k: float = 8.0, b: float = 1.0,
+          mapping: str = "sigmoid") -> torch.Tensor:
+    """ECT's mapping r(t) < t (Sec. 3 of Geng et al. 2024; locuslab/ect `t_to_r`).
+
+    const:   r = t (1 - q^-(stage+1))
+    sigmoid: r = t (1 - q^-(stage+1) (1 + k sigmoid(-b t)))
+    clamped at 0. `stage` may be fractional (SCT's smooth schedule).
+    """
+    decay = q ** (-(stage + 1))
+    if mapping == "const":
+        ratio = 1 - decay
+    elif mapping == "sigmoid":
+        ratio = 1 - decay * (1 + k * torch.sigmoid(-b * t))
+    else:
+        raise ValueError(f"unknown ECT mapping {mapping!r}")
+    return (t * ratio).clamp(min=0)

@@ -1,0 +1,32 @@
+"""Pixel conversions shared by the feature extractors: [-1, 1] floats to 8-bit values, channel counts.
+
+Every metric scores what a saved PNG would hold: samples are quantized to 8 bits first, exactly as
+StyleGAN/EDM/clean-fid do (`x * 127.5 + 128`, clamped, truncated), then each extractor resizes them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """Float images in [-1, 1] (NCHW) -> uint8 in [0, 255], the 8-bit value a saved PNG holds."""
+    return (images.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
+
+def to_rgb(images: Tensor) -> Tensor:
+    """uint8 NCHW with 1-4 channels -> 3 channels, as PIL's `convert("RGB")` (gray replicated, alpha dropped)."""
+    c = images.shape[1]
+    if c in (1, 2):
+        return images[:, :1].expand(-1, 3, -1, -1)
+    if c in (3, 4):
+        return images[:, :3]
+    raise ValueError(f"images must have 1 to 4 channels, got {c}")
+
+
+def to_gray(images: Tensor) -> Tensor:
+    """uint8 NCHW with 1-4 channels -> float gray [N, 1, H, W] in [0, 1] (ITU-R 601 luma, as PIL's `convert("L")`)."""
+    x = to_rgb(images).float() / 255
+    weights = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
+    return (x * weights).sum(dim=1, keepdim=True)

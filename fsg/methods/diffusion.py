@@ -1,0 +1,45 @@
+"""Denoising score matching for any process with a Gaussian marginal: the EDM loss and its relatives.
+
+x_t = alpha(t) x0 + beta(t) y + sigma(t) eps,   L = lambda(t) ||D(x_t, t, y) - x0||^2,
+which is EDMLoss / VPLoss (Eq. 2 and Table 1 of Karras et al. 2022) for `edm` / `vp`, and DDBM's
+bridge loss with lambda = 1/c_out^2 (Sec. 3.3 of Zhou et al. 2024) for the bridge processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from fsg.core.processes import append_dims, randn
+from fsg.methods.base import Method, batch_labels, drop_labels
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    name: Literal["diffusion"] = "diffusion"
+
+
+class DiffusionMethod(Method):
+    name = "diffusion"
+    precond = "diffusion"
+
+    def loss(self, nets, batch, step, gen):
+        x0, y = batch["x"], batch.get("cond")
+        n = x0.shape[0]
+        t = self.process.train_times(n, gen, x0.device)
+        alpha, beta, sigma = (append_dims(c, x0.ndim) for c in self.process.marginal(t))
+        eps = randn(x0.shape, gen, x0.device)
+        x_t = alpha * x0 + sigma * eps + (beta * y if y is not None else 0)
+        labels = drop_labels(batch_labels(batch), self.recipe.train.label_dropout if self.recipe else 0.0, gen)
+        D = nets["model"](x_t, t, cond=y, labels=labels)
+        per_sample = (D - x0).pow(2).flatten(1).mean(1)             # (N,)
+        loss = (self.process.loss_weight(t) * per_sample).mean()
+        return {"model": loss}, {"mse": per_sample.mean().item()}
+
+    def export_meta(self):
+        meta = super().export_meta()
+        sampler = getattr(self.process, "default_sampler", "heun")
+        meta["sample"] = {"sampler": sampler, "steps": getattr(self.process, "default_steps", 18)}
+        return meta

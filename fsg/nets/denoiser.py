@@ -1,0 +1,38 @@
+"""The denoiser D(x, t, cond, labels) -> x0_hat: a network wrapped by a preconditioning.
+
+Every sampler and loss talks to a `Denoiser`, never to a raw network. `precond` picks the scalings:
+- "diffusion":   the process's own (EDM Table 1, VP, DDBM bridge scalings, ...);
+- "consistency": boundary-condition scalings, f(x, t_min) = x exactly (Song et al. 2023, Appendix C);
+- "ect":         diffusion scalings while training and consistency scalings in eval mode, as ECT's
+                 reference ECMPrecond does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fsg.core.processes import append_dims
+
+
+class Denoiser(nn.Module):
+    def __init__(self, net: nn.Module, process, precond: str = "diffusion"):
+        super().__init__()
+        if precond not in ("diffusion", "consistency", "ect"):
+            raise ValueError(f"unknown preconditioning {precond!r}")
+        self.net = net
+        self.process = process
+        self.precond = precond
+
+    def scalings(self, t: torch.Tensor):
+        use_boundary = self.precond == "consistency" or (self.precond == "ect" and not self.training)
+        return self.process.consistency_scalings(t) if use_boundary else self.process.scalings(t)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).expand(x.shape[0]) if torch.as_tensor(t).ndim == 0 \
+            else t.to(device=x.device, dtype=torch.float32)
+        c_skip, c_out, c_in, c_noise = self.scalings(t)
+        nd = x.ndim
+        F_x = self.net(append_dims(c_in, nd) * x, c_noise.flatten(), labels, cond)   # (N, C, ...)
+        return append_dims(c_skip, nd) * x + append_dims(c_out, nd) * F_x.to(x.dtype)

@@ -1,0 +1,114 @@
+"""The recipe schema: one YAML file = one frozen `Recipe` (data, process, network, method, train, sample).
+
+`process`, `network` and `method` are tagged unions: `process.name`, `network.arch` and `method.name`
+pick the dataclass that validates the rest of the section.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal, Union
+
+from fsg.core.processes import EDMProcess, VPProcess
+from fsg.data.config import DataConfig
+from fsg.errors import UserError
+from fsg.io.config import apply_overrides, dump_yaml, from_dict, parse_yaml
+from fsg.methods import METHOD_CONFIGS
+from fsg.nets import NETWORK_CONFIGS
+
+PROCESS_CONFIGS = [EDMProcess, VPProcess]
+try:  # processes that land in their own modules
+    from fsg.core.bridges import BRIDGE_PROCESSES
+    PROCESS_CONFIGS += BRIDGE_PROCESSES
+except ModuleNotFoundError:
+    pass
+try:
+    from fsg.core.ddm import DDM_PROCESSES
+    PROCESS_CONFIGS += DDM_PROCESSES
+except ModuleNotFoundError:
+    pass
+
+ProcessConfig = Union[tuple(PROCESS_CONFIGS)]
+NetworkConfig = Union[tuple(NETWORK_CONFIGS)]
+MethodConfig = Union[tuple(METHOD_CONFIGS)]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 128                    # global batch (all ranks, all micro-batches)
+    micro_batch: int | None = None           # per-rank micro-batch for gradient accumulation (None: no accumulation)
+    max_steps: int = 1000                    # optimizer steps
+    optimizer: Literal["adam", "adamw", "radam"] = "adam"
+    lr: float = 1e-3                         # peak learning rate
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 0                    # linear warm-up from 0 to lr
+    lr_decay: Literal["none", "cosine", "poly", "inv_sqrt"] = "none"
+    lr_decay_steps: int = 0                  # poly/cosine: horizon (0: max_steps); inv_sqrt: reference step t_ref
+    lr_poly_power: float = 0.96              # poly decay exponent (DDM)
+    min_lr: float = 0.0                      # floor of the decayed learning rate
+    grad_clip: float | None = None           # clip the global gradient norm to this value
+    ema: tuple[float, ...] = (0.999,)        # eval EMA rates; the first is exported as model.safetensors
+    ema_halflife_steps: float | None = None  # alternative to rates: one EMA with this half-life in steps
+    ema_every: int = 1                       # update the EMAs every N steps (DDM: 8)
+    ema_start: int = 0                       # copy the weights into the EMAs until this step
+    log_every: int = 50                      # metrics.jsonl / progress every N steps
+    ckpt_every: int = 500                    # full training state every N steps (and at the end)
+    sample_every: int = 0                    # sample grid PNG every N steps (0: only at the end)
+    keep_ckpts: int = 2                      # keep this many training states
+    seed: int = 0
+    bf16: bool = False                       # CUDA: bf16 autocast
+    channels_last: bool = False              # CUDA: channels_last memory format
+    compile: bool = False                    # CUDA: torch.compile the network
+    label_dropout: float = 0.0               # drop class labels with this probability (classifier-free guidance)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    sampler: str | None = None               # default sampler of the exported model (None: by method)
+    steps: int | None = None                 # default steps of the exported model (None: by method)
+    grid: int = 64                           # samples in the training-time grid PNG
+    s_churn: float = 0.0                     # EDM Algorithm 2 stochasticity
+    s_tmin: float = 0.0
+    s_tmax: float = float("inf")
+    s_noise: float = 1.0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    data: DataConfig = field(default_factory=DataConfig)
+    network: NetworkConfig = field(default_factory=lambda: NETWORK_CONFIGS[0]())
+    method: MethodConfig = field(default_factory=lambda: METHOD_CONFIGS[0]())
+    process: ProcessConfig = field(default_factory=EDMProcess)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    description: str = ""                    # one line: what the recipe reproduces
+    reference: str = ""                      # paper number this recipe targets (e.g. "FID 3.55, 1 step")
+
+
+def load_recipe(path: str | Path | None, overrides: typing.Sequence[str] = (), defaults: dict | None = None) -> Recipe:
+    """Read a recipe file (or just `defaults`), apply `--set` overrides, validate into a Recipe."""
+    data: dict = dict(defaults or {})
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"recipe not found: {p}")
+        loaded = parse_yaml(p.read_text(), where=str(p))
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise UserError(f"{p}: a recipe is a mapping of sections, got {type(loaded).__name__}")
+        data.update(loaded)
+    apply_overrides(data, list(overrides or ()))
+    return from_dict(Recipe, data)
+
+
+def recipe_yaml(recipe: Recipe) -> str:
+    return dump_yaml(recipe)
+
+
+def with_overrides(recipe: Recipe, **sections) -> Recipe:
+    return replace(recipe, **sections)
