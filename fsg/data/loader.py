@@ -108,8 +108,11 @@ class BatchStream:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         """batch_at(start_step), batch_at(start_step + 1), ..., loaded by `workers` processes."""
+        # An own generator: the DataLoader would otherwise draw its worker seed from the global RNG,
+        # which holds the dropout state that an exact resume restores.
         loader = DataLoader(self._view, batch_sampler=_StepKeys(self, self.start_step), num_workers=self.workers,
-                            pin_memory=self.device.type == "cuda")
+                            pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(_epoch_seed(self.seed, -1)))
         return map(self._to_device, loader)
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

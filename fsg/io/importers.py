@@ -36,10 +36,9 @@ from fsg.core.processes import EDMProcess, VPProcess
 from fsg.errors import UserError
 from fsg.io.checkpoint import MODEL_FILE, read_model, save_model
 from fsg.io.config import ConfigError, from_dict, to_dict
-from fsg.nets import NETWORK_CONFIGS
 from fsg.nets.adm import ADMConfig
 from fsg.nets.edm import DhariwalUNetConfig, SongUNetConfig
-from fsg.nets.load import load_state_strict
+from fsg.nets.load import load_state_strict, network_config_from_meta
 
 META_KEYS = ("format", "process", "precond", "network", "shape", "out_channels", "cond_channels", "num_classes",
              "method", "step", "sample", "train_grid", "source", "fsg_version")
@@ -58,6 +57,7 @@ _CM_PREFIXES = {"edm": ("diffusion", "edm"), "cd": ("consistency", "cd"), "ct": 
 def import_checkpoint(path: Path, **overrides: Any) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a public checkpoint (`.pt`/`.pth` ADM state dict or EDM/ECT `.pkl`) -> (state dict, metadata)."""
     path = Path(path)
+    _check_override_keys(overrides)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     suffix = path.suffix.lower()
@@ -75,6 +75,7 @@ def read_checkpoint(path: Path, **overrides: Any) -> tuple[dict[str, torch.Tenso
     path = Path(path)
     if path.suffix.lower() in (".pt", ".pth", ".pkl"):
         return import_checkpoint(path, **overrides)
+    _check_override_keys(overrides)
     state, meta = read_model(path)
     return _finalize(path, state, meta, overrides)
 
@@ -92,18 +93,9 @@ def convert_checkpoint(src: Path, out: Path, **overrides: Any) -> Path:
     return save_converted(out, *read_checkpoint(src, **overrides))
 
 
-def network_config(network: dict):
-    """The network config dataclass of a metadata `network` mapping, picked by its `arch` tag."""
-    arch = network.get("arch") if isinstance(network, dict) else None
-    for cls in NETWORK_CONFIGS:
-        if cls.arch == arch:
-            return from_dict(cls, network, "network")
-    raise UserError(f"network.arch: unknown architecture {arch!r} (known: {', '.join(c.arch for c in NETWORK_CONFIGS)})")
-
-
 def build_network(meta: dict, device: str | torch.device = "cpu") -> nn.Module:
     """The (freshly initialised) network that the metadata describes."""
-    cfg = network_config(meta["network"])
+    cfg = network_config_from_meta(meta)
     with torch.device(device):
         return cfg.build(tuple(meta["shape"]), meta["out_channels"], meta.get("cond_channels", 0), meta.get("num_classes", 0))
 
@@ -159,12 +151,20 @@ def infer_adm_config(state_dict: dict[str, torch.Tensor], resolution: int) -> AD
 
 # --------------------------------------------------------------------------------- metadata and checks
 
+def _check_override_keys(overrides: dict) -> None:
+    for key in overrides:
+        if key not in META_KEYS:
+            raise UserError(f"--set {key}: not a model metadata key (valid: {', '.join(META_KEYS)})")
+
+
 def _merge(meta: dict, overrides: dict) -> dict:
     meta = dict(meta)
     for key, value in overrides.items():
-        if key not in META_KEYS:
-            raise UserError(f"--set {key}: not a model metadata key (valid: {', '.join(META_KEYS)})")
-        meta[key] = {**meta[key], **value} if isinstance(meta.get(key), dict) and isinstance(value, dict) else value
+        old = meta.get(key)
+        merge = isinstance(old, dict) and isinstance(value, dict)
+        if key == "network" and merge and value.get("arch", old.get("arch")) != old.get("arch"):
+            merge = False           # a network of another arch replaces the inferred one
+        meta[key] = {**old, **value} if merge else value
     return meta
 
 
@@ -172,9 +172,10 @@ def _finalize(path: Path, state: dict, meta: dict, overrides: dict) -> tuple[dic
     """Apply overrides, then load strictly into the described network (built on the meta device, so for
     free): a clear error if the weights do not fit, and the network's own canonical state dict if they do."""
     meta = _merge(meta, overrides)
+    meta = {**{k: meta[k] for k in META_KEYS if k in meta}, **meta}     # the documented key order, for --info
     try:
         net = build_network(meta, "meta")
-    except ConfigError as e:
+    except UserError as e:
         raise UserError(f"{path}: {e}") from None
     except (KeyError, TypeError) as e:
         raise UserError(f"{path}: incomplete model metadata ({type(e).__name__}: {e})") from None
@@ -242,13 +243,17 @@ def _import_adm(path: Path, overrides: dict) -> tuple[dict[str, torch.Tensor], d
         cfg = infer_adm_config(state, resolution)
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
+    if "input_blocks.0.0.weight" not in state or "out.2.weight" not in state:
+        raise UserError(f"{path}: not a state dict of guided-diffusion's ADM UNet (no input_blocks.0.0 or out.2 convolution)")
     in_ch, out_ch = state["input_blocks.0.0.weight"].shape[1], state["out.2.weight"].shape[0]
     if out_ch > in_ch:
         raise UserError(f"{path}: {out_ch} output channels for {in_ch} input channels (learned variances); "
                         f"fsg reads networks that predict the image only")
+    num_classes = state["label_emb.weight"].shape[0] if "label_emb.weight" in state else 0
+    step = re.search(r"_ema_[\d.]+_(\d+)\.pth?$", path.name)             # DDBM: e2h_ema_0.9999_420000.pt
     meta = {"format": 1, "network": to_dict(cfg), "shape": [out_ch, resolution, resolution], "out_channels": out_ch,
-            "cond_channels": in_ch - out_ch, "num_classes": state["label_emb.weight"].shape[0] if "label_emb.weight" in state else 0,
-            "step": int(m.group(1)) if (m := re.search(r"_ema_[\d.]+_(\d+)\.pth?$", path.name)) else 0, "source": path.name}
+            "cond_channels": in_ch - out_ch, "num_classes": num_classes, "step": int(step.group(1)) if step else 0,
+            "source": path.name}
     if in_ch > out_ch:   # DDBM: the condition image is concatenated to x
         meta.update(process=dict(DDBM_VP_PROCESS), precond="diffusion", method="ddbm", sample={"sampler": "heun-hybrid", "steps": 40})
     else:
@@ -289,6 +294,12 @@ def _load_storage(data: bytes):
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
+def _method_reference(obj, name: str) -> str:
+    """Stands for builtins.getattr, with which bound methods are pickled (ECT's `ECMLoss.t_to_r`): only a
+    name comes back, no attribute is looked up."""
+    return f"<method {name}>"
+
+
 def _numpy_scalar(dtype, data):
     """numpy's scalar reconstructor for plain (non-object) dtypes, e.g. EDM's skip_scale = np.sqrt(0.5)."""
     if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
@@ -300,6 +311,7 @@ _SAFE_GLOBALS = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
+    ("builtins", "getattr"): _method_reference,
     ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
@@ -360,7 +372,7 @@ def _record_state_dict(record: _Record, prefix: str = "") -> dict[str, torch.Ten
     return out
 
 
-def _edm_process_meta(precond: _Record, resolution: int) -> dict:
+def _edm_process_meta(path: Path, precond: _Record, resolution: int) -> dict:
     """Process, preconditioning, method and sampling defaults of an EDM/ECT preconditioner."""
     s = precond.state
     if precond.class_name == "EDMPrecond":
@@ -371,9 +383,11 @@ def _edm_process_meta(precond: _Record, resolution: int) -> dict:
         process = EDMProcess(sigma_min=float(s.get("sigma_min", 0.002)), sigma_data=float(s.get("sigma_data", 0.5)))
         return {"process": asdict(process), "precond": "ect", "method": "ect", "sample": {"sampler": "consistency", "steps": 1}}
     if precond.class_name == "VPPrecond":
-        process = VPProcess(beta_d=float(s["beta_d"]), beta_min=float(s["beta_min"]), epsilon_t=float(s["epsilon_t"]), M=int(s["M"]))
+        vp = VPProcess()
+        process = VPProcess(beta_d=float(s.get("beta_d", vp.beta_d)), beta_min=float(s.get("beta_min", vp.beta_min)),
+                            epsilon_t=float(s.get("epsilon_t", vp.epsilon_t)), M=int(s.get("M", vp.M)))
         return {"process": asdict(process), "precond": "diffusion", "method": "edm", "sample": {"sampler": "heun", "steps": 18}}
-    raise UserError(f"{precond.class_name} checkpoints are not supported (fsg reads EDMPrecond, VPPrecond and ECMPrecond)")
+    raise UserError(f"{path}: {precond.class_name} checkpoints are not supported (fsg reads EDMPrecond, VPPrecond and ECMPrecond)")
 
 
 def _import_edm_pickle(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -398,5 +412,8 @@ def _import_edm_pickle(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise UserError(f"{path}: {model.class_name} with an option fsg does not implement: {e}") from None
     meta = {"format": 1, "network": to_dict(cfg), "shape": [in_ch, resolution, resolution], "out_channels": out_ch,
             "cond_channels": 0, "num_classes": num_classes, "step": 0, "source": path.name,
-            **_edm_process_meta(precond, resolution)}
-    return _record_state_dict(model), meta
+            **_edm_process_meta(path, precond, resolution)}
+    try:
+        return _record_state_dict(model), meta
+    except (AttributeError, TypeError) as e:
+        raise UserError(f"{path}: malformed {model.class_name} record ({e})") from None

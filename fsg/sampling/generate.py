@@ -111,7 +111,8 @@ class SampleStream:
         if num_classes:
             labels = torch.full((len(idx),), self.labels, device=self.device) if self.labels is not None else noise.randint(num_classes)
         cond = self.conds(idx).to(self.device) if self.conds is not None else None
-        denoise = CountingDenoiser(self.model.denoiser, cond=cond, labels=labels, clip=self.plan.clip, guidance=self.guidance)
+        clip = self.plan.clip and len(shape) == 4          # clamp x0 estimates of images only
+        denoise = CountingDenoiser(self.model.denoiser, cond=cond, labels=labels, clip=clip, guidance=self.guidance)
         x = noise.randn(shape, torch.float64) * float(self.plan.times[0])
         x = self.plan.run(denoise, x, noise).float()
         if x.ndim == 4:  # images live in [-1, 1]; 2-D toy points are unbounded

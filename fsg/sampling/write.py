@@ -14,7 +14,8 @@ from fsg.io.images import NpzWriter, save_samples_png, to_uint8
 from fsg.nets.load import load_model
 from fsg.sampling.generate import iter_samples
 
-GRID_N = 64
+GRID_IMAGES = 64       # images in a --grid PNG
+GRID_POINTS = 10_000   # 2-D points in a --grid scatter plot
 
 
 def run_sampling(model_path, n: int, *, out: Path | None, grid: Path | None, seed: int = 0, batch_size: int = 256,
@@ -40,6 +41,7 @@ def run_sampling(model_path, n: int, *, out: Path | None, grid: Path | None, see
         else:
             raise UserError(f"--out must be a .npz file or a folder ending in '/', got {out}")
     grid_rows: list[torch.Tensor] = []
+    grid_n = GRID_POINTS if vector else GRID_IMAGES
     written = []
     start = time.time()
     for idx, x, labels in stream:
@@ -51,8 +53,9 @@ def run_sampling(model_path, n: int, *, out: Path | None, grid: Path | None, see
         if folder is not None:
             for i, img in zip(idx.tolist(), rows):
                 Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(folder / f"{i:06d}.png")
-        if grid is not None and sum(len(g) for g in grid_rows) < GRID_N:
-            grid_rows.append(x[: GRID_N - sum(len(g) for g in grid_rows)])
+        have = sum(len(g) for g in grid_rows)
+        if grid is not None and have < grid_n:
+            grid_rows.append(x[: grid_n - have])
     seconds = time.time() - start
     if npz is not None:
         npz.close()

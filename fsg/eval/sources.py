@@ -1,0 +1,203 @@
+"""The image sets `fsg eval-fid` reads, each as lazy uint8 NCHW batches, and the statistics files it accepts.
+
+- `.npz` with `arr_0`: samples or a reference batch in the layout of ADM's evaluator (uint8 NHWC), or
+  float images in [-1, 1] (NHWC or NCHW).
+- `.npz` with `mu` and `sigma` (and no `arr_0`): precomputed statistics (fsg's, ADM's or pytorch-fid's).
+- a folder (recursively, sorted) or a `.zip` of images, decoded to RGB as clean-fid does.
+- the built-in sets `digits`, `mnist5k` and `cifar10-train` (from a local CIFAR-10 root), read through
+  `fsg.data.build_dataset`, i.e. exactly the pixels a model trained on them saw.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fsg.errors import UserError
+from fsg.eval.images import to_uint8
+
+BUILTIN_SETS = ("digits", "mnist5k", "cifar10-train")
+CIFAR10_ENV = "FSG_CIFAR10"
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Gaussian statistics of a feature set, as kept in a stats .npz (`fsg eval-fid --make-ref`).
+
+    Keys: mu, sigma, n, features, protocol, resolution, label, and feats (raw features, for KID) when kept.
+    Files of other tools (ADM's evaluator, pytorch-fid) have only mu and sigma: their feature space is unknown.
+    """
+
+    mu: np.ndarray                      # (dim,)
+    sigma: np.ndarray                   # (dim, dim)
+    n: int | None                       # number of images; None when the file does not say
+    features: str | None                # feature space name ('inception', 'digits'); None when unknown
+    resolution: int | None              # height of the images the statistics were computed from
+    label: str                          # where they came from (a path or a set name)
+    feats: np.ndarray | None = None     # (n, dim) float32 raw features, for KID
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], label: str) -> Stats:
+        def scalar(key: str):
+            return arrays[key].item() if key in arrays else None
+
+        mu, sigma = np.asarray(arrays["mu"], np.float64), np.asarray(arrays["sigma"], np.float64)
+        if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
+            raise UserError(f"{label}: mu {mu.shape} and sigma {sigma.shape} are not a mean and its covariance")
+        n, resolution = scalar("n"), scalar("resolution")  # 0 and "" stand for unknown
+        return cls(mu, sigma, int(n) if n else None, scalar("features") or None, int(resolution) if resolution else None,
+                   str(scalar("label") or label), arrays.get("feats"))
+
+    def save(self, path: str | Path) -> None:
+        """Write the .npz atomically."""
+        from fsg.eval.features import PROTOCOLS
+        from fsg.io.checkpoint import atomic_write
+
+        arrays = {"mu": self.mu, "sigma": self.sigma, "n": np.int64(self.n or 0), "label": np.str_(self.label),
+                  "features": np.str_(self.features or ""), "protocol": np.str_(PROTOCOLS.get(self.features or "", "")),
+                  "resolution": np.int64(self.resolution or 0)}
+        if self.feats is not None:
+            arrays["feats"] = self.feats
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+
+        atomic_write(path, write)
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """A set of images read lazily: `batches(batch_size)` yields uint8 tensors [B, C, H, W]."""
+
+    label: str                                    # what to print and record (a path or a set name)
+    count: int
+    resolution: int                               # height of the first image
+    read: Callable[[int], Iterator[Tensor]]       # batch_size -> batches
+
+    def batches(self, batch_size: int) -> Iterator[Tensor]:
+        return self.read(batch_size)
+
+
+def _nchw(array: np.ndarray, label: str) -> np.ndarray:
+    """The array's images as an NCHW view: NHWC when the last axis has 1-4 channels, else NCHW; (N, H, W) is gray."""
+    if array.ndim == 3:
+        return array[:, None]
+    if array.ndim == 4 and array.shape[-1] in (1, 3, 4):
+        return array.transpose(0, 3, 1, 2)
+    if array.ndim == 4 and array.shape[1] in (1, 3, 4):
+        return array
+    raise UserError(f"{label}: arr_0 of shape {array.shape} is not a batch of images (N, H, W, C) or (N, C, H, W)")
+
+
+def _array_batches(images: np.ndarray, label: str, batch_size: int) -> Iterator[Tensor]:
+    """uint8 batches of an NCHW array of uint8 pixels or floats in [-1, 1]."""
+    for start in range(0, len(images), batch_size):
+        chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
+        if chunk.dtype == torch.uint8:
+            yield chunk
+            continue
+        if not chunk.is_floating_point():
+            raise UserError(f"{label}: arr_0 has dtype {images.dtype}; expected uint8 pixels or floats in [-1, 1]")
+        if chunk.numel() and (chunk.min() < -1.01 or chunk.max() > 1.01):
+            raise UserError(f"{label}: float images must lie in [-1, 1] (found [{chunk.min():.3g}, {chunk.max():.3g}])")
+        yield to_uint8(chunk)
+
+
+def array_source(images: np.ndarray, label: str) -> ImageSource:
+    """Images held in an array: uint8 (ADM layout, NHWC) or float in [-1, 1], NHWC or NCHW."""
+    nchw = _nchw(images, label)
+    if len(nchw) == 0:
+        raise UserError(f"{label}: holds no image")
+    return ImageSource(label, len(nchw), int(nchw.shape[2]), lambda bs: _array_batches(nchw, label, bs))
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable .npz file ({e})") from None
+
+
+def _file_batches(files: list, batch_size: int) -> Iterator[Tensor]:
+    """Decode files to RGB uint8 and batch consecutive images of equal size (a size change starts a new batch)."""
+    batch: list[Tensor] = []
+    for f in files:
+        image = f.read(3)  # (3, H, W)
+        if batch and (len(batch) == batch_size or image.shape != batch[0].shape):
+            yield torch.stack(batch)
+            batch = []
+        batch.append(image)
+    if batch:
+        yield torch.stack(batch)
+
+
+def folder_source(path: Path) -> ImageSource:
+    """Every image under a folder (recursively, sorted by relative path) or in a .zip archive."""
+    from fsg.data.images import list_folder, list_zip
+
+    files = list_zip(path) if path.is_file() else list_folder(path)
+    if not files:
+        raise UserError(f"{path}: no image (.png, .jpg, .jpeg, .webp) found")
+    first = files[0].read(3)
+    return ImageSource(str(path), len(files), int(first.shape[1]), lambda bs: _file_batches(files, bs))
+
+
+def dataset_source(name: str, root: str | Path | None = None) -> ImageSource:
+    """A built-in set through `fsg.data.build_dataset` at native resolution: digits, mnist5k, or cifar10-train
+    (needs the folder holding `cifar-10-batches-py`: `root`, else $FSG_CIFAR10)."""
+    from fsg.data import build_dataset
+    from fsg.data.config import DataConfig
+
+    if name == "cifar10-train":
+        root = root or os.environ.get(CIFAR10_ENV)
+        if root is None:
+            raise UserError(f"cifar10-train needs a local CIFAR-10 copy: pass --ref-root DIR or set {CIFAR10_ENV}=DIR "
+                            "(DIR holds cifar-10-batches-py, extracted from cifar-10-python.tar.gz)")
+        cfg = DataConfig(source="cifar10", path=str(root))
+    elif name in ("digits", "mnist5k"):
+        cfg = DataConfig(source=name)
+    else:
+        raise UserError(f"unknown data set '{name}' (choose {', '.join(BUILTIN_SETS)})")
+    data = build_dataset(cfg, split="train")
+
+    def read(batch_size: int) -> Iterator[Tensor]:
+        for start in range(0, len(data), batch_size):
+            stop = min(start + batch_size, len(data))
+            yield to_uint8(torch.stack([data[i]["x"] for i in range(start, stop)]))  # (B, C, H, W)
+
+    return ImageSource(name, len(data), int(data.shape[-1]), read)
+
+
+def open_source(spec: str | Path, root: str | Path | None = None, *, what: str = "--samples") -> ImageSource | Stats:
+    """An image set or a statistics file from a command-line spec: a built-in set name, a .npz, a folder or a .zip."""
+    if str(spec) in BUILTIN_SETS:
+        return dataset_source(str(spec), root)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise UserError(f"{what} {spec}: no such file or folder (nor a built-in set: {', '.join(BUILTIN_SETS)})")
+    if path.is_dir() or path.suffix.lower() == ".zip":
+        return folder_source(path)
+    if path.suffix.lower() != ".npz":
+        raise UserError(f"{what} {spec}: expected a .npz file, an image folder, a .zip or one of {', '.join(BUILTIN_SETS)}")
+    arrays = _load_npz(path)
+    if "arr_0" in arrays:
+        return array_source(arrays["arr_0"], str(path))
+    if "mu" in arrays and "sigma" in arrays:
+        return Stats.from_arrays(arrays, str(path))
+    raise UserError(f"{path}: neither images (arr_0) nor statistics (mu, sigma); keys: {', '.join(arrays) or 'none'}")
+
+
+def open_images(spec: str | Path, root: str | Path | None = None, *, what: str = "--samples") -> ImageSource:
+    """Like `open_source`, for places that need images (samples, paired targets, --make-ref)."""
+    source = open_source(spec, root, what=what)
+    if isinstance(source, Stats):
+        raise UserError(f"{what} {spec}: holds statistics (mu, sigma), not images")
+    return source
