@@ -28,3 +28,28 @@ def tiny_model(seed=0, **kw) -> LoadedModel:
         for p in den.net.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return LoadedModel(den, meta, Path("<test>"))
+
+
+def collect(model, n, **kw):
+    """All samples of iter_samples(model, n, **kw) and the NFE it reported."""
+    from fsg.sampling.generate import iter_samples
+
+    stream = iter_samples(model, n, **kw)
+    xs = torch.cat([x for _, x, _ in stream])
+    return xs, stream.nfe
+
+
+def check_sampler_contract(model, *, nfe: int, n: int = 6, **kw):
+    """The contract every sampler passes: shape, exact NFE, determinism by seed, independence of the
+    batch size, and sample i depending only on (seed, i). `kw` goes to iter_samples (sampler, steps, conds...)."""
+    shape = tuple(model.meta["shape"])
+    a, got = collect(model, n, seed=3, batch_size=n, **kw)
+    assert a.shape == (n, *shape)
+    assert got == nfe, f"NFE {got} != {nfe}"
+    assert torch.isfinite(a).all() and (len(shape) == 1 or a.abs().max() <= 1)
+    b, _ = collect(model, n, seed=3, batch_size=max(1, n - 2), **kw)      # another batch size
+    assert torch.allclose(a, b, atol=1e-5)
+    c, _ = collect(model, n, seed=4, batch_size=n, **kw)                  # another seed
+    assert not torch.allclose(a, c)
+    d, _ = collect(model, n // 2, seed=3, batch_size=2, **kw)             # a shorter run: its first samples
+    assert torch.allclose(a[: n // 2], d, atol=1e-5)

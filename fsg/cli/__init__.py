@@ -19,7 +19,7 @@ app = typer.Typer(
 # Each module registers its commands on `app` when imported.
 from fsg.cli import recipe_cmd, train, sample  # noqa: E402,F401
 
-for _optional in ("fsg.cli.eval_fid", "fsg.cli.convert", "fsg.cli.edit", "fsg.cli.demo"):
+for _optional in ("fsg.cli.eval_fid", "fsg.cli.convert", "fsg.cli.edit", "fsg.cli.tune", "fsg.cli.grow", "fsg.cli.demo"):
     try:
         __import__(_optional)
     except ModuleNotFoundError as _e:  # a command module that has not landed yet

@@ -127,10 +127,12 @@ def evaluate_fid(
         raise UserError("give exactly one of --samples FILE|DIR and --model M")
     if paired is not None and samples is None:
         raise UserError("--paired compares sample files with their targets: it needs --samples")
+    ref_source = open_source(ref, ref_root, what="--ref")
+    sample_source = open_images(samples) if samples is not None else None
     extractor = build_extractor(features, device, inception)
-    ref_stats = reference_stats(open_source(ref, ref_root, what="--ref"), extractor, batch_size, keep=with_kid, progress=progress)
+    ref_stats = reference_stats(ref_source, extractor, batch_size, keep=with_kid, progress=progress)
     nfe = None
-    if model is not None:
+    if sample_source is None:
         from fsg.sampling.generate import iter_samples
 
         stream = iter_samples(model, n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, device=device,
@@ -139,8 +141,7 @@ def evaluate_fid(
         acc = accumulate(progress(images, len(stream), f"{model} ({n} samples)"), extractor, keep=with_kid).all_reduce()
         nfe = stream.nfe
     else:
-        source = open_images(samples)
-        batches = progress(source.batches(batch_size), math.ceil(source.count / batch_size), source.label)
+        batches = progress(sample_source.batches(batch_size), math.ceil(sample_source.count / batch_size), sample_source.label)
         acc = accumulate(batches, extractor, keep=with_kid)
     fid, kid_mean, kid_std = compare(acc, ref_stats, with_kid=with_kid)
     pair = {}
@@ -148,7 +149,7 @@ def evaluate_fid(
         from fsg.eval.paired import load_lpips, paired_metrics
 
         net = load_lpips(lpips, device) if lpips is not None else None
-        pair = paired_metrics(open_images(samples).batches(batch_size),
+        pair = paired_metrics(sample_source.batches(batch_size),
                               open_images(paired, ref_root, what="--paired").batches(batch_size), net, batch_size)
     return FIDResult(fid, kid_mean, kid_std, acc.n, nfe, None if model is None else str(model),
                      None if samples is None else str(samples), ref_stats.label, extractor.name,

@@ -28,10 +28,24 @@ class Denoiser(nn.Module):
         use_boundary = self.precond == "consistency" or (self.precond == "ect" and not self.training)
         return self.process.consistency_scalings(t) if use_boundary else self.process.scalings(t)
 
+    @staticmethod
+    def per_sample(t, x: torch.Tensor) -> torch.Tensor:
+        """A time per sample (float32): a scalar is broadcast to the batch."""
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float32)
+        return t.expand(x.shape[0]) if t.ndim == 0 else t
+
+    def heads(self, x: torch.Tensor, t, cond=None, labels=None) -> dict[str, torch.Tensor]:
+        """All outputs of a multi-head parameterisation (DDM: x0, C, eps); {'x0': D} otherwise."""
+        t = self.per_sample(t, x)
+        if hasattr(self.process, "heads"):
+            return self.process.heads(self.net, x, t, cond, labels)
+        return {"x0": self(x, t, cond, labels)}
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> torch.Tensor:
-        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).expand(x.shape[0]) if torch.as_tensor(t).ndim == 0 \
-            else t.to(device=x.device, dtype=torch.float32)
+        t = self.per_sample(t, x)
+        if hasattr(self.process, "denoise"):   # a process with its own parameterisation (DDM's two heads)
+            return self.process.denoise(self.net, x, t, cond, labels)
         c_skip, c_out, c_in, c_noise = self.scalings(t)
         nd = x.ndim
         F_x = self.net(append_dims(c_in, nd) * x, c_noise.flatten(), labels, cond)   # (N, C, ...)

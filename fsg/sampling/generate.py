@@ -32,6 +32,10 @@ class SamplerPlan:
     knobs: dict = field(default_factory=dict)
     clip: bool = False
 
+    def initial(self, noise, shape, cond=None) -> torch.Tensor:
+        """The starting point x_T (float64): N(0, T^2 I) for the EDM family; bridges start from cond."""
+        return noise.randn(shape, torch.float64) * float(self.times[0])
+
     def run(self, denoise, x, noise):
         return SAMPLERS[self.name](denoise, x, self.times, noise, **self.knobs)
 
@@ -78,7 +82,8 @@ def plan_sampler(model: LoadedModel, sampler: str | None = None, steps: int | No
         if model.denoiser.precond == "diffusion":
             raise UserError("the consistency sampler needs a consistency model; this is a diffusion model (use heun or euler)")
         times = consistency_times(model, steps if steps is not None else (default_steps if name == default_name else 1), timesteps, sigmas)
-        return SamplerPlan(name, times, {"t_min": p.sigma_min}, clip=True)
+        extra = {k: v for k, v in knobs.items() if k == "edge_skip" and v}
+        return SamplerPlan(name, times, {"t_min": p.sigma_min, **extra}, clip=True)
     if timesteps or sigmas:
         raise UserError("--timesteps/--sigmas apply to the consistency sampler only")
     n = steps if steps is not None else (default_steps if name == default_name else 18)
@@ -113,7 +118,7 @@ class SampleStream:
         cond = self.conds(idx).to(self.device) if self.conds is not None else None
         clip = self.plan.clip and len(shape) == 4          # clamp x0 estimates of images only
         denoise = CountingDenoiser(self.model.denoiser, cond=cond, labels=labels, clip=clip, guidance=self.guidance)
-        x = noise.randn(shape, torch.float64) * float(self.plan.times[0])
+        x = self.plan.initial(noise, shape, cond)
         x = self.plan.run(denoise, x, noise).float()
         if x.ndim == 4:  # images live in [-1, 1]; 2-D toy points are unbounded
             x = x.clamp(-1, 1)
@@ -134,3 +139,12 @@ def iter_samples(model: str | Path | LoadedModel | None, n: int, *, steps: int |
     plan = plan_sampler(loaded, sampler, steps, **plan_knobs)
     return SampleStream(loaded, plan, n, seed, batch_size, device, rank, world,
                         labels=knobs.get("labels"), guidance=knobs.get("guidance", 1.0), conds=knobs.get("conds"))
+
+
+# Samplers that live in their own modules register themselves in EXTRA_SAMPLERS on import.
+for _module in ("fsg.sampling.bridges", "fsg.sampling.ddm"):
+    try:
+        __import__(_module)
+    except ModuleNotFoundError as _e:
+        if _e.name != _module:
+            raise

@@ -36,6 +36,13 @@ class CountingDenoiser:
         return out.to(x.dtype)
 
 
+    def heads(self, x: torch.Tensor, t) -> dict[str, torch.Tensor]:
+        """All heads of a multi-head denoiser (one NFE), e.g. DDM's (x0, C, eps)."""
+        self.nfe += 1
+        out = self.denoiser.heads(x.float(), t, cond=self.cond, labels=self.labels)
+        return {k: v.to(x.dtype) for k, v in out.items()}
+
+
 def sample_heun(denoise, x, times, noise, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
                 s_noise: float = 1.0, second_order: bool = True):
     """Algorithm 2 of Karras et al. 2022 (Euler when `second_order` is False). NFE = 2N - 1 (Heun), N (Euler)."""
