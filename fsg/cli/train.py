@@ -24,7 +24,7 @@ def run_training(command: str, recipe_path, overrides, run_dir, device: str, see
 
     from fsg.cli.common import resolve_device
     from fsg.errors import UserError
-    from fsg.io.checkpoint import atomic_write
+    from fsg.io.checkpoint import atomic_write, list_states
     from fsg.recipe import load_recipe, recipe_yaml
     from fsg.train.dist import init_distributed, shutdown
     from fsg.train.engine import RunOptions, Trainer, TrainingStopped
@@ -38,6 +38,8 @@ def run_training(command: str, recipe_path, overrides, run_dir, device: str, see
         overrides.append(f"train.seed={seed}")
     recipe = load_recipe(recipe_path, overrides)
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / Path(recipe_path).stem
+    if resume is None and list_states(run_dir / "checkpoints"):
+        raise UserError(f"{run_dir} already holds a training run: continue it with --resume auto, or pick another --run-dir")
     dev = resolve_device(device)
     env = init_distributed(dev)
     if env.world > 1 and recipe.train.batch_size % env.world:

@@ -32,6 +32,7 @@ Progress = Callable[[Iterable[Tensor], int, str], Iterable[Tensor]]
 def no_progress(batches: Iterable[Tensor], total: int, what: str) -> Iterable[Tensor]:
     return batches
 
+
 @dataclass(frozen=True)
 class FIDResult:
     """One evaluation, as written by `fsg eval-fid --json` (None: not measured / not applicable)."""
@@ -129,6 +130,7 @@ def evaluate_fid(
         raise UserError("--paired compares sample files with their targets: it needs --samples")
     ref_source = open_source(ref, ref_root, what="--ref")
     sample_source = open_images(samples) if samples is not None else None
+    target_source = open_images(paired, ref_root, what="--paired") if paired is not None else None
     extractor = build_extractor(features, device, inception)
     ref_stats = reference_stats(ref_source, extractor, batch_size, keep=with_kid, progress=progress)
     nfe = None
@@ -145,12 +147,11 @@ def evaluate_fid(
         acc = accumulate(batches, extractor, keep=with_kid)
     fid, kid_mean, kid_std = compare(acc, ref_stats, with_kid=with_kid)
     pair = {}
-    if paired is not None:
+    if target_source is not None:
         from fsg.eval.paired import load_lpips, paired_metrics
 
         net = load_lpips(lpips, device) if lpips is not None else None
-        pair = paired_metrics(sample_source.batches(batch_size),
-                              open_images(paired, ref_root, what="--paired").batches(batch_size), net, batch_size)
+        pair = paired_metrics(sample_source.batches(batch_size), target_source.batches(batch_size), net, batch_size)
     return FIDResult(fid, kid_mean, kid_std, acc.n, nfe, None if model is None else str(model),
                      None if samples is None else str(samples), ref_stats.label, extractor.name,
                      pair.get("mse"), pair.get("lpips"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -111,7 +112,9 @@ class CleanFeatures:
 def load_inception(path: str | Path | None = None, device: torch.device | str = "cpu") -> CleanFeatures:
     """clean-fid's Inception feature extractor from local, verified weights (see `find_inception`)."""
     weights = find_inception(path)
-    base = torch.jit.load(str(weights), map_location=device).eval()
+    with warnings.catch_warnings():  # NVIDIA ships TorchScript; torch's deprecation of jit.load is not the user's to act on
+        warnings.filterwarnings("ignore", message=".*torch.jit.load.*is deprecated", category=FutureWarning)
+        base = torch.jit.load(str(weights), map_location=device).eval()
 
     def pool3(x: Tensor) -> Tensor:
         # clean-fid's InceptionV3W.forward with resize_inside=False: [0, 255] -> [-1, 1], then the layers up to pool3.

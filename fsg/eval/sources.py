@@ -30,8 +30,9 @@ CIFAR10_ENV = "FSG_CIFAR10"
 class Stats:
     """Gaussian statistics of a feature set, as kept in a stats .npz (`fsg eval-fid --make-ref`).
 
-    Keys: mu, sigma, n, features, protocol, resolution, label, and feats (raw features, for KID) when kept.
-    Files of other tools (ADM's evaluator, pytorch-fid) have only mu and sigma: their feature space is unknown.
+    Keys: mu, sigma, n, features, protocol, resolution, source (what the images were), and feats (raw features,
+    for KID) when kept. Files of other tools (ADM's evaluator, pytorch-fid) have only mu and sigma: their
+    feature space is unknown. A loaded file's `label` is its path.
     """
 
     mu: np.ndarray                      # (dim,)
@@ -52,14 +53,14 @@ class Stats:
             raise UserError(f"{label}: mu {mu.shape} and sigma {sigma.shape} are not a mean and its covariance")
         n, resolution = scalar("n"), scalar("resolution")  # 0 and "" stand for unknown
         return cls(mu, sigma, int(n) if n else None, scalar("features") or None, int(resolution) if resolution else None,
-                   str(scalar("label") or label), arrays.get("feats"))
+                   label, arrays.get("feats"))
 
     def save(self, path: str | Path) -> None:
         """Write the .npz atomically."""
         from fsg.eval.features import PROTOCOLS
         from fsg.io.checkpoint import atomic_write
 
-        arrays = {"mu": self.mu, "sigma": self.sigma, "n": np.int64(self.n or 0), "label": np.str_(self.label),
+        arrays = {"mu": self.mu, "sigma": self.sigma, "n": np.int64(self.n or 0), "source": np.str_(self.label),
                   "features": np.str_(self.features or ""), "protocol": np.str_(PROTOCOLS.get(self.features or "", "")),
                   "resolution": np.int64(self.resolution or 0)}
         if self.feats is not None:

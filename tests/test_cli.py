@@ -1,0 +1,90 @@
+"""The command line as a user meets it: help, recipe validation, errors with exit code 2, a toy pipeline."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fsg.cli import app
+
+runner = CliRunner()
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def fsg(*args, env=None):
+    import os
+    e = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "fsg", *map(str, args)], capture_output=True, text=True, env=e, cwd=ROOT)
+
+
+def test_help_lists_the_commands():
+    r = runner.invoke(app, ["--help"])
+    assert r.exit_code == 0
+    for cmd in ("train-diffusion", "distill", "train-consistency", "sample", "recipe"):
+        assert cmd in r.output
+
+
+def test_recipe_show_rejects_unknown_key_with_exit_2():
+    r = fsg("recipe", "show", "recipes/tiny/cd_toy.yaml", "--set", "train.bogus=1")
+    assert r.returncode == 2
+    assert "train.bogus" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    ok = fsg("recipe", "show", "recipes/tiny/cd_toy.yaml", "--set", "train.lr=2e-4")
+    assert ok.returncode == 0 and "lr: 0.0002" in ok.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["sample", "--model", "no/such/run", "--grid", "x.png"], "model not found"),
+    (["train-diffusion", "--recipe", "no/such.yaml"], "recipe not found"),
+    (["train-diffusion"], "needs --recipe"),
+    (["sample", "--model", "recipes", "--grid", "x.png"], "without model.safetensors"),
+])
+def test_user_errors_are_one_line_exit_2(args, needle):
+    r = fsg(*args)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr
+
+
+def test_empty_data_folder_exit_2(tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = fsg("train-diffusion", "--recipe", "recipes/tiny/edm_digits.yaml", "--set", "data.source=folder",
+            "--set", f"data.path={tmp_path / 'empty'}", "--run-dir", tmp_path / "run")
+    assert r.returncode == 2 and "empty" in r.stderr.lower()
+
+
+@pytest.mark.slow
+def test_toy_pipeline_train_sample_distill(tmp_path):
+    teacher, student = tmp_path / "edm", tmp_path / "cd"
+    r = fsg("train-diffusion", "--recipe", "recipes/tiny/edm_toy.yaml", "--run-dir", teacher, "--max-steps", 60, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    for name in ("config.yaml", "metrics.jsonl", "model.safetensors"):
+        assert (teacher / name).exists()
+    assert list((teacher / "checkpoints").glob("state-*.pt")) and list((teacher / "samples").glob("*.png"))
+    again = fsg("train-diffusion", "--recipe", "recipes/tiny/edm_toy.yaml", "--run-dir", teacher, "--max-steps", 60)
+    assert again.returncode == 2 and "--resume auto" in again.stderr          # never overwrite a run
+    r = fsg("sample", "--model", teacher, "--steps", 18, "-n", 300, "--out", tmp_path / "s.npz", "--grid", tmp_path / "s.png")
+    assert r.returncode == 0, r.stderr
+    assert "NFE 35" in r.stdout
+    arr = np.load(tmp_path / "s.npz")["arr_0"]
+    assert arr.shape == (300, 2) and arr.dtype == np.float32
+    r = fsg("distill", "--teacher", teacher, "--recipe", "recipes/tiny/cd_toy.yaml", "--run-dir", student, "--max-steps", 40, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = fsg("sample", "--model", student, "--steps", 1, "-n", 100, "--out", tmp_path / "cd1.npz")
+    assert r.returncode == 0 and "NFE 1" in r.stdout, r.stderr
+    r = fsg("distill", "--teacher", teacher, "--recipe", "recipes/tiny/cd_digits.yaml", "--run-dir", tmp_path / "bad", "--max-steps", 1)
+    assert r.returncode == 2 and "shape" in r.stderr                          # a teacher of other data
+
+
+@pytest.mark.slow
+def test_image_sampling_writes_npz_pngs_and_grid(tmp_path):
+    from fsg.io.checkpoint import save_model
+    from tests.helpers import tiny_model
+    m = tiny_model(shape=(1, 8, 8), precond="consistency", sampler="consistency", steps=1)
+    save_model(tmp_path / "model.safetensors", m.denoiser.net.state_dict(), m.meta)
+    r = fsg("sample", "--model", tmp_path, "-n", 5, "--out", tmp_path / "s.npz", "--grid", tmp_path / "g.png")
+    assert r.returncode == 0, r.stderr
+    arr = np.load(tmp_path / "s.npz")["arr_0"]
+    assert arr.shape == (5, 8, 8, 1) and arr.dtype == np.uint8
+    r = fsg("sample", "--model", tmp_path, "-n", 3, "--out", str(tmp_path / "pngs") + "/")
+    assert r.returncode == 0 and len(list((tmp_path / "pngs").glob("*.png"))) == 3
