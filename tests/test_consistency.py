@@ -89,3 +89,12 @@ def test_ct_target_shares_noise_and_dropout_mask():
     with rng.replay():
         b = model(x0, torch.full((8,), 1.0))
     assert torch.equal(a, b)
+
+
+def test_lpips_distance_without_local_weights_is_a_clear_error(monkeypatch):
+    from fsg.errors import UserError
+    monkeypatch.delenv("FSG_LPIPS", raising=False)
+    torch.manual_seed(0)
+    net = MLPConfig(hidden=8, depth=1, emb_dim=4).build((2,), 2)
+    with pytest.raises(UserError, match="LPIPS needs local weights"):
+        CDMethod(CDConfig(distance="lpips"), Denoiser(net, EDMProcess(), "consistency"), EDMProcess(), teacher=ExactDenoiser(S))

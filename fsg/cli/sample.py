@@ -37,6 +37,7 @@ def sample(
     s_noise: Annotated[float, typer.Option(help="EDM S_noise.")] = 1.0,
     class_label: Annotated[Optional[int], typer.Option(help="Class of every sample (class-conditional models).")] = None,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = off).")] = 1.0,
+    edge_skip: Annotated[float, typer.Option(help="Consistency: SCT edge-skipping eta in [0, 1] (0 = Algorithm 1).")] = 0.0,
     device: DeviceOpt = "auto",
 ) -> None:
     """Sample from a model; prints the exact NFE per sample.
@@ -56,7 +57,8 @@ def sample(
         typer.echo("no --model given: using the bundled digits consistency model (assets/cd_digits)", err=True)
     report = run_sampling(model, n, out=out, grid=grid, sampler=sampler, steps=steps, timesteps=_int_list(timesteps),
                           sigmas=_float_list(sigmas), seed=seed or 0, batch_size=batch_size, device=resolve_device(device),
-                          s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, labels=class_label, guidance=guidance)
+                          s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, labels=class_label, guidance=guidance,
+                          edge_skip=edge_skip)
     typer.echo(f"{report['n']} samples, sampler {report['sampler']}, NFE {report['nfe']}, "
                f"{report['seconds']:.2f} s ({report['n'] / max(report['seconds'], 1e-9):.1f} samples/s)")
     for path in report["written"]:

@@ -20,56 +20,18 @@ ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Sho
 
 def run_training(command: str, recipe_path, overrides, run_dir, device: str, seed, max_steps, resume,
                  teacher=None, init=None, time_budget=None, requeue=False, progress=True) -> None:
-    import torch
+    """Run `fsg.train.run.train` for a command; a preemption or non-finite loss exits with its code."""
+    from fsg.train.engine import TrainingStopped
+    from fsg.train.run import train
 
-    from fsg.cli.common import resolve_device
-    from fsg.errors import UserError
-    from fsg.io.checkpoint import atomic_write, list_states
-    from fsg.recipe import load_recipe, recipe_yaml
-    from fsg.train.dist import init_distributed, shutdown
-    from fsg.train.engine import RunOptions, Trainer, TrainingStopped
-    from fsg.train.grid import grid_writer
-    from fsg.train.setup import build_run
-
-    if recipe_path is None:
-        raise UserError(f"`fsg {command}` needs --recipe (see recipes/ and recipes/tiny/)")
-    overrides = list(overrides or [])
-    if seed is not None:
-        overrides.append(f"train.seed={seed}")
-    recipe = load_recipe(recipe_path, overrides)
-    run_dir = Path(run_dir) if run_dir is not None else Path("runs") / Path(recipe_path).stem
-    if resume is None and list_states(run_dir / "checkpoints"):
-        raise UserError(f"{run_dir} already holds a training run: continue it with --resume auto, or pick another --run-dir")
-    dev = resolve_device(device)
-    env = init_distributed(dev)
-    if env.world > 1 and recipe.train.batch_size % env.world:
-        raise UserError(f"train.batch_size {recipe.train.batch_size} is not divisible by the {env.world} processes")
-    if env.world > 1 and env.is_main:
-        import torch.distributed as dist
-        print(f"fsg: {env.world} processes ({dist.get_backend()})", file=sys.stderr)
-    torch.manual_seed(recipe.train.seed)
-    parts = build_run(recipe, command, dev, teacher=teacher, init=init)
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(recipe_yaml(recipe)))
-
-    def stream(start_step: int):
-        from fsg.data import BatchStream
-        return BatchStream(parts.dataset, recipe.train.batch_size, rank=env.rank, world=env.world, seed=recipe.train.seed,
-                           start_step=start_step, flip=recipe.data.flip, workers=recipe.data.workers, device=dev)
-
-    opts = RunOptions(run_dir, dev, env, max_steps, resume, time_budget, requeue, progress)
-    trainer = Trainer(recipe, parts.method, parts.dataset, parts.meta, opts,
-                      sample_grid=grid_writer(parts.meta, recipe.sample.grid, dev))
     try:
-        step = trainer.fit(stream)
+        model = train(command, recipe_path, overrides, run_dir, device, seed, max_steps, resume, teacher=teacher,
+                      init=init, time_budget=time_budget, requeue=requeue, progress=progress)
     except TrainingStopped as e:
         print(f"fsg: {e}", file=sys.stderr)
-        shutdown()
         raise typer.Exit(e.code)
-    shutdown()
-    if env.is_main:
-        typer.echo(f"trained {step} steps; model: {run_dir / 'model.safetensors'}")
+    if model is not None:
+        typer.echo(f"model: {model}")
 
 
 @app.command("train-diffusion")

@@ -24,7 +24,8 @@ DIGITS_ASSET = Path(__file__).resolve().parents[2] / "assets" / "digits_features
 
 
 class DigitsNet(nn.Module):
-    """Three 3x3 conv + batch-norm + ReLU layers (32, 64, 128 channels; 2x2 max-pool after the first two), global average pool, linear."""
+    """Three 3x3 conv + batch-norm + ReLU layers (32, 64, 128 channels; 2x2 max-pool after the first two),
+    a global average pool (the features) and a linear classifier."""
 
     def __init__(self, classes: int = 10):
         super().__init__()

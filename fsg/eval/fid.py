@@ -12,6 +12,7 @@ accumulator (and, for KID, a float32 copy of the features only).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -81,7 +82,11 @@ def reference_stats(ref: ImageSource | Stats, extractor: FeatureExtractor, batch
     """Statistics of a reference: computed from its images, or checked against the extractor when precomputed."""
     if isinstance(ref, ImageSource):
         return source_stats(ref, extractor, batch_size, keep=keep, progress=progress)
-    if ref.features is not None and ref.features != extractor.name:
+    if ref.features is None:
+        warnings.warn(f"{ref.label}: statistics without a recorded feature space (another tool's file?); the FID is "
+                      f"comparable only if they were made with the same network and resizing as '{extractor.name}'",
+                      stacklevel=2)
+    elif ref.features != extractor.name:
         raise UserError(f"{ref.label}: statistics in the '{ref.features}' feature space, not '{extractor.name}' (--features)")
     if ref.mu.size != extractor.dim:
         raise UserError(f"{ref.label}: {ref.mu.size}-d statistics do not match the {extractor.dim}-d '{extractor.name}' features")
@@ -143,8 +148,8 @@ def evaluate_fid(
         acc = accumulate(progress(images, len(stream), f"{model} ({n} samples)"), extractor, keep=with_kid).all_reduce()
         nfe = stream.nfe
     else:
-        batches = progress(sample_source.batches(batch_size), math.ceil(sample_source.count / batch_size), sample_source.label)
-        acc = accumulate(batches, extractor, keep=with_kid)
+        total = math.ceil(sample_source.count / batch_size)
+        acc = accumulate(progress(sample_source.batches(batch_size), total, sample_source.label), extractor, keep=with_kid)
     fid, kid_mean, kid_std = compare(acc, ref_stats, with_kid=with_kid)
     pair = {}
     if target_source is not None:

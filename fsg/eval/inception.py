@@ -30,7 +30,6 @@ INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrain
 INCEPTION_SHA256 = "f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4"
 INCEPTION_ENV = "FSG_INCEPTION"
 INCEPTION_DIM = 2048
-CLEAN_SIZE = 299
 
 
 def default_inception_locations() -> list[Path]:

@@ -65,9 +65,8 @@ class LPIPS(nn.Module):
             start = stop
         return out
 
-    @torch.no_grad()
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        """Distances [B] between RGB image batches in [-1, 1]."""
+        """Distances [B] between RGB image batches in [-1, 1] (differentiable: it is also a training loss)."""
         return sum((w * (a - b).square()).sum(dim=1).mean(dim=(1, 2))
                    for w, a, b in zip(self.weights, self._activations(x), self._activations(y)))
 

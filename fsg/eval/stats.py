@@ -215,7 +215,7 @@ def sliced_wasserstein(
     theta = theta / theta.norm(dim=0, keepdim=True)  # (d, P) unit columns
     qx = (x @ theta).sort(dim=0).values  # (N, P) order statistics per direction
     qy = (y @ theta).sort(dim=0).values  # (M, P)
-    u = torch.cat([torch.arange(1, n + 1, dtype=torch.float64) / n, torch.arange(1, m + 1, dtype=torch.float64) / m]).unique()
+    u = torch.cat([torch.arange(1, k + 1, dtype=torch.float64) / k for k in (n, m)]).unique()  # {i/N} U {j/M}, sorted
     width = torch.diff(u, prepend=u.new_zeros(1))
     mid = u - width / 2  # one point inside each interval between breakpoints
     ix = (mid * n).floor().long()

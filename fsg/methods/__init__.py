@@ -4,11 +4,14 @@ subclass; `METHODS` maps the tag to both."""
 from fsg.methods.cd import CDConfig, CDMethod
 from fsg.methods.ct import CTConfig, CTMethod
 from fsg.methods.diffusion import DiffusionConfig, DiffusionMethod
+from fsg.methods.ect import ECTConfig, ECTMethod, SCTConfig, SCTMethod
 
 METHODS = {
     "diffusion": (DiffusionConfig, DiffusionMethod),
     "cd": (CDConfig, CDMethod),
     "ct": (CTConfig, CTMethod),
+    "ect": (ECTConfig, ECTMethod),
+    "sct": (SCTConfig, SCTMethod),
 }
 
 METHOD_CONFIGS = [cfg for cfg, _ in METHODS.values()]

@@ -4,13 +4,11 @@ and the loss d(f_theta(x_{t_{n+1}}, t_{n+1}), f_theta^-(x_{t_n}, t_n)) (Eq. 7 an
 from __future__ import annotations
 
 import copy
-import os
 
 import torch
 from torch import nn
 
 from fsg.core.processes import ict_huber_c, pseudo_huber
-from fsg.errors import UserError
 from fsg.methods.base import Method, SharedDropout, batch_labels
 
 DISTANCES = ("l2", "l1", "pseudo-huber", "lpips")
@@ -27,20 +25,20 @@ def consistency_distance(a: torch.Tensor, b: torch.Tensor, metric: str, huber_c:
         c = huber_c if huber_c is not None else ict_huber_c(a[0].numel())
         return pseudo_huber(a - b, c)
     if metric == "lpips":
+        # as the CM reference: gray -> RGB, bilinear upsampling to 224 below 256 px
+        if a.shape[1] == 1:
+            a, b = a.expand(-1, 3, -1, -1), b.expand(-1, 3, -1, -1)
+        if a.shape[-1] < 256:
+            a, b = (torch.nn.functional.interpolate(v, size=224, mode="bilinear", align_corners=False) for v in (a, b))
         return lpips(a, b).flatten()
     raise ValueError(f"unknown distance {metric!r}")
 
 
 def load_lpips(device) -> nn.Module:
-    """LPIPS from local weights only (FSG_LPIPS); never downloads."""
-    path = os.environ.get("FSG_LPIPS")
-    try:
-        from fsg.eval.lpips import LPIPS
-    except ModuleNotFoundError:
-        raise UserError("the lpips distance needs fsg.eval.lpips, which this install lacks; use l2 or pseudo-huber") from None
-    if not path:
-        raise UserError("the lpips distance needs local VGG/LPIPS weights: set FSG_LPIPS=/path/to/lpips_vgg.safetensors (nothing is downloaded)")
-    return LPIPS.from_file(path).to(device).eval().requires_grad_(False)
+    """LPIPS from local weights only ($FSG_LPIPS, see fsg.eval.paired.load_lpips); never downloads."""
+    from fsg.eval.paired import load_lpips as load
+
+    return load(None, device).requires_grad_(False)
 
 
 class ConsistencyMethod(Method):

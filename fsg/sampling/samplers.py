@@ -12,6 +12,7 @@ import math
 import torch
 
 from fsg.core.solvers import heun_step, ode_derivative
+from fsg.errors import UserError
 
 
 class CountingDenoiser:
@@ -65,17 +66,26 @@ def sample_euler(denoise, x, times, noise, **knobs):
     return sample_heun(denoise, x, times, noise, second_order=False, **knobs)
 
 
-def sample_consistency(denoise, x, times, noise, t_min: float = 0.002):
+def sample_consistency(denoise, x, times, noise, t_min: float = 0.002, edge_skip: float = 0.0):
     """Multistep consistency sampling (Algorithm 1 of Song et al. 2023). NFE = len(times).
 
-    x starts at times[0] (x = T z); after each consistency call the estimate is re-noised to the next
-    time: x = f + sqrt(t^2 - t_min^2) z.
+    x starts at times[0] (x = T z); after each consistency call f = f(x, t) the estimate is re-noised to the
+    next time: x' = f + sqrt(t'^2 - t_min^2) z. Edge-skipping (SCT, eta = `edge_skip` in [0, 1]) does not
+    land on the edge t_min and restart from fresh noise: it keeps a fraction eta of the noise direction
+    eps_hat = (x - f) / t that the call removed,
+        x' = f + eta t' eps_hat + sqrt(1 - eta^2) sqrt(t'^2 - t_min^2) z,
+    Algorithm 1 at eta = 0 and a deterministic DDIM step with f as the denoiser at eta = 1 (fsg's form: the
+    paper's own formula was not available to check).
     """
-    x0 = denoise(x, float(times[0]))
+    if not 0.0 <= edge_skip <= 1.0:
+        raise UserError(f"--edge-skip must lie in [0, 1], got {edge_skip}")
+    t_cur = float(times[0])
+    x0 = denoise(x, t_cur)
     for t in times[1:]:
         t = float(t)
-        x = x0 + math.sqrt(max(t**2 - t_min**2, 0.0)) * noise.randn(x.shape, x.dtype)
-        x0 = denoise(x, t)
+        fresh = math.sqrt(max(t**2 - t_min**2, 0.0)) * noise.randn(x.shape, x.dtype)
+        x = x0 + edge_skip * t * (x - x0) / t_cur + math.sqrt(1 - edge_skip**2) * fresh
+        x0, t_cur = denoise(x, t), t
     return x0
 
 

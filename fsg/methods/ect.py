@@ -1,0 +1,187 @@
+"""Easy Consistency Tuning (ECT; Geng et al. 2024) and Stable Consistency Tuning (SCT; Wang, Geng & Li 2024).
+
+Both tune a diffusion model (an fsg EDM teacher, or an imported EDM/ECT checkpoint) into a consistency
+model f_theta(x, t) of the process x_t = x0 + t eps; the loss calls no teacher, only the network itself:
+
+    t ~ exp(N(P_mean, P_std^2)),  r = r(t, stage) < t          ECT's mapping (fsg.core.schedules.ect_r)
+    eps ~ N(0, I), shared:  x_t = x0 + t eps
+    x0_hat = x0                                                 ECT: one-sample estimate of E[x0 | x_t]
+    x0_hat = sum_j w_j x0_j,  w = softmax_j(-||x_t - x0_j||^2 / 2t^2)   SCT: the score identity over the batch
+    x_r = x_t - (t - r) (x_t - x0_hat) / t                      one Euler step of the PF-ODE (= x0 + r eps for ECT)
+    target = stopgrad f_theta(x_r, r)                           same weights, same dropout mask; f(x, 0) = x
+    loss = w(t, r) (sqrt(||f_theta(x_t, t) - target||^2 + c^2) - c)
+
+w(t, r) = 1 / (t - r) (the CIFAR-10 reference) or EDM's lambda(t) = (t^2 + sd^2) / (t sd)^2 (the ImageNet-64
+variant, `weighting: edm`). c = 0 gives the plain L2 norm, as the reference does.
+
+Verified against locuslab/ect (training/loss.py on `main` and `imgnet`, training/networks.py ECMPrecond,
+training/ct_training_loop.py): the t distribution, both mappings and their clamp, the stage counter
+`stage = tick // double_ticks`, shared eps, the shared dropout mask, f(x_0, 0) = x0 where r = 0, the
+pseudo-Huber norm and both weightings, EDM scalings in train mode and boundary scalings in eval mode.
+
+Choices of fsg:
+- The process is EDM with the teacher's sigma_data; a VP-preconditioned teacher is tuned with EDM scalings
+  exactly as the reference transfers EDM's VP CIFAR-10 network into ECMPrecond. The boundary sigma_min of
+  the eval scalings is the teacher's (0.002) unless `sigma_min` is set; the reference's ECMPrecond uses
+  0.003, which `recipes/ect_cifar10.yaml` sets. The exported process records it, so the consistency sampler
+  re-noises with sqrt(t^2 - sigma_min^2) around the same boundary.
+- SCT parts, pinned only to the paper's abstract and summaries (arXiv 2410.18958; its text and code were
+  not readable here, see the report): the variance-reduced target is the self-normalised score-identity
+  estimate above over the current (micro-)batch of this rank, the Stable Target Field form (Xu et al.
+  2023); with class labels a sample whose label was kept uses only same-class references and a sample
+  whose label was dropped (classifier-free guidance) the whole batch. The smoother schedule makes ECT's
+  stage continuous, stage = k / double_steps instead of floor(k / double_steps).
+- `target_var` (logged for both modes) is the estimated variance per dimension of x0_hat given x_t, hence
+  of the Euler target direction: sum_j v_ij^2 ||x0_j - m_i||^2 / d averaged over the batch, where m_i is the
+  batch's score-identity mean and v_ij the estimator's weights (ECT: v = identity, giving ||x0_i - m_i||^2 / d,
+  the posterior variance; SCT: v = w, the delta-method variance of a self-normalised importance estimate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from fsg.core.processes import EDMProcess, append_dims, pseudo_huber, randn
+from fsg.core.schedules import ect_r
+from fsg.errors import UserError
+from fsg.methods.base import Method, SharedDropout, batch_labels, drop_labels
+
+
+@dataclass(frozen=True)
+class ECTConfig:
+    name: Literal["ect"] = "ect"
+    target: Literal["sample", "batch"] = "sample"      # x0_hat: the sample itself (ECT) or the batch score identity (SCT)
+    schedule: Literal["stages", "smooth"] = "stages"   # stage = floor(k / double_steps) (ECT) or k / double_steps (SCT)
+    P_mean: float = -1.1                     # ln t ~ N(P_mean, P_std^2) (CIFAR-10; ImageNet-64: -0.8)
+    P_std: float = 2.0                       # (ImageNet-64: 1.6)
+    mapping: Literal["sigmoid", "const"] = "sigmoid"   # r(t) of ECT
+    q: float = 2.0                           # dt shrinks by q each stage (ImageNet-64: 4; "1 hour" run: 256)
+    k: float = 8.0                           # sigmoid mapping: r = t (1 - q^-(stage+1) (1 + k sigmoid(-b t)))
+    b: float = 1.0
+    double_steps: int = 25000                # optimizer steps per stage (reference: 250 ticks of 100 iterations)
+    huber_c: float = 0.0                     # pseudo-Huber c; 0 = the L2 norm (CIFAR-10: 0; ImageNet-64: 0.06)
+    weighting: Literal["inv_dt", "edm"] = "inv_dt"     # 1/(t - r) (CIFAR-10) or (t^2 + sd^2)/(t sd)^2 (ImageNet-64)
+    sigma_min: float | None = None           # boundary of the eval scalings (None: the teacher's; reference 0.003)
+
+
+@dataclass(frozen=True)
+class SCTConfig(ECTConfig):
+    """ECT's fields with SCT's defaults: the batch score-identity target and the smooth schedule."""
+
+    name: Literal["sct"] = "sct"
+    target: Literal["sample", "batch"] = "batch"
+    schedule: Literal["stages", "smooth"] = "smooth"
+
+
+def reference_weights(x_t: torch.Tensor, t: torch.Tensor, x0_ref: torch.Tensor,
+                      labels: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """w_ij = softmax_j(-||x_t,i - x0_j||^2 / (2 t_i^2)) over the reference samples j, float64 (N, M).
+
+    The posterior p(x0_j | x_t,i) of x_t = x0 + t eps when x0 is uniform on the references (the score
+    identity grad log p_t(x) = E[(x0 - x) / t^2 | x_t = x], Stable Target Field of Xu et al. 2023). With
+    labels, query i sees only references of its class; a query label of -1 (dropped) sees all of them.
+    """
+    q, ref = x_t.flatten(1).double(), x0_ref.flatten(1).double()                # (N, d), (M, d)
+    d2 = (q.pow(2).sum(1, keepdim=True) + ref.pow(2).sum(1) - 2 * q @ ref.T).clamp(min=0)   # (N, M)
+    logits = -d2 / (2 * t.double()[:, None] ** 2)
+    if labels is not None:
+        visible = (labels[:, None] < 0) | (labels[:, None] == ref_labels[None, :])         # (N, M)
+        logits = logits.masked_fill(~visible, float("-inf"))
+    return logits.softmax(dim=1)
+
+
+def posterior_mean(w: torch.Tensor, x0_ref: torch.Tensor) -> torch.Tensor:
+    """x0_hat_i = sum_j w_ij x0_j, shaped like one reference per query (N, ...), in x0_ref's dtype."""
+    m = w @ x0_ref.flatten(1).double()                                          # (N, d)
+    return m.to(x0_ref.dtype).reshape(w.shape[0], *x0_ref.shape[1:])
+
+
+def estimate_variance(v: torch.Tensor, x0_ref: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """sum_j v_ij^2 ||x0_j - m_i||^2 / d (N,): the variance per dimension of the estimate sum_j v_ij x0_j.
+
+    For v = the self-normalised weights this is the delta-method variance of the importance estimate;
+    for v = one-hot on the query's own sample it is ||x0_i - m_i||^2 / d.
+    """
+    ref, m = x0_ref.flatten(1).double(), mean.flatten(1).double()               # (M, d), (N, d)
+    v2 = v.double().pow(2)                                                      # (N, M)
+    sq = v2 @ ref.pow(2).sum(1) - 2 * ((v2 @ ref) * m).sum(1) + v2.sum(1) * m.pow(2).sum(1)
+    return sq.clamp(min=0) / ref.shape[1]
+
+
+def euler_target_point(x_t: torch.Tensor, t: torch.Tensor, r: torch.Tensor, x0_hat: torch.Tensor) -> torch.Tensor:
+    """x_r = x_t - (t - r) (x_t - x0_hat) / t: Euler step of dx/dt = (x - D(x, t)) / t with D = x0_hat."""
+    tt, rr = append_dims(t, x_t.ndim), append_dims(r, x_t.ndim)
+    return x_t - (tt - rr) * (x_t - x0_hat) / tt
+
+
+def tuning_process(process, sigma_min: float | None) -> EDMProcess:
+    """The EDM process ECT trains in: the teacher's when it is EDM, else EDM with the teacher's sigma_data."""
+    name = getattr(process, "name", None)
+    if name not in ("edm", "vp"):
+        raise UserError(f"ECT/SCT tune EDM or VP diffusion models of the process x_t = x0 + t eps; the teacher's process is '{name}'")
+    base = process if name == "edm" else EDMProcess(sigma_data=process.sigma_data)
+    return base if sigma_min is None else dataclasses.replace(base, sigma_min=sigma_min)
+
+
+class ECTMethod(Method):
+    """ECT (and, with SCTConfig's defaults, SCT): the consistency loss against the network's own stop-gradient output."""
+
+    name = "ect"
+    precond = "ect"
+    init_from_teacher = True
+    default_sampler = "consistency"
+    default_steps = 1
+
+    def __init__(self, cfg, model, process, *, teacher=None, recipe=None):
+        process = tuning_process(process, cfg.sigma_min)
+        model.process = process
+        # build_run copied the teacher's weights into `model`; the loss never calls the teacher, so it is not kept.
+        super().__init__(cfg, model, process, recipe=recipe)
+
+    def stage(self, step: int) -> float:
+        """ECT's stage floor(k / double_steps), or SCT's continuous k / double_steps."""
+        s = step / self.cfg.double_steps
+        return float(int(s)) if self.cfg.schedule == "stages" else s
+
+    def weight(self, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        if self.cfg.weighting == "edm":
+            return self.process.loss_weight(t)
+        return 1 / (t - r)
+
+    def loss(self, nets, batch, step, gen):
+        x0, c = batch["x"], self.cfg
+        if batch.get("cond") is not None:
+            raise UserError("ECT/SCT tune unconditional or class-conditional models; this data has condition images")
+        labels = batch_labels(batch)
+        labels_in = drop_labels(labels, self.recipe.train.label_dropout if self.recipe else 0.0, gen)
+        n, stage = x0.shape[0], self.stage(step)
+        t = (c.P_mean + c.P_std * randn((n,), gen, x0.device)).exp()           # (N,)
+        r = ect_r(t, stage, c.q, c.k, c.b, c.mapping)                           # (N,), 0 <= r < t
+        x_t = x0 + append_dims(t, x0.ndim) * randn(x0.shape, gen, x0.device)
+
+        with torch.no_grad():
+            w = reference_weights(x_t, t, x0, labels_in, labels)                # (N, N)
+            mean = posterior_mean(w, x0)
+            v = w if c.target == "batch" else torch.eye(n, dtype=w.dtype, device=w.device)
+            target_var = estimate_variance(v, x0, mean).mean()
+            x_r = euler_target_point(x_t, t, r, mean if c.target == "batch" else x0)
+
+        rng = SharedDropout(x0.device)
+        online = nets["model"](x_t, t, labels=labels_in)
+        with torch.no_grad(), rng.replay():
+            live = r > 0
+            # f(x, 0) = x: where r = 0 the target is x_r itself; the net sees t there only to keep ln(r) finite.
+            f_r = self.model(x_r, torch.where(live, r, t), labels=labels_in)
+            target = torch.where(append_dims(live, x0.ndim), f_r.nan_to_num(), x_r)
+
+        dist = pseudo_huber(online - target, c.huber_c)                         # (N,)
+        loss = (self.weight(t, r) * dist).mean()
+        return {"model": loss}, {"distance": dist.mean().item(), "target_var": target_var.item(), "stage": stage}
+
+
+class SCTMethod(ECTMethod):
+    name = "sct"
