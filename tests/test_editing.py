@@ -229,7 +229,7 @@ def test_cli_inpaint_keeps_the_known_pixels_of_the_files(tmp_path, monkeypatch, 
         after = np.array(Image.open(tmp_path / "out" / f"img{i}.png"))
         assert np.array_equal(after[hole == 0], before[hole == 0])
     grid = Image.open(tmp_path / "out" / "comparison.png")
-    assert grid.width > grid.height / 2 * 1.4          # three columns, two rows
+    assert grid.size == ((2 * 9 + 1) * 8, (3 * 9 + 1) * 8)   # 2 inputs x 3 rows of 8x8 cells, 1 px padding, x8
 
 
 @pytest.mark.parametrize("mask_pixels,message", [

@@ -20,9 +20,19 @@ app.add_typer(edit_app, name="edit")
 InputOpt = Annotated[Path, typer.Option("--input", "-i", help="An image (PNG/JPEG) or a folder of images.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder: <name>.png per input and comparison.png.")]
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Consistency steps K (one NFE each).")]
-TimestepsOpt = Annotated[Optional[str], typer.Option("--timesteps", help="Indices into the training grid, e.g. 0,5,11.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per network batch (does not change the results).")]
-ClassOpt = Annotated[Optional[int], typer.Option("--class-label", help="Class of every result (class-conditional models).")]
+TimestepsOpt = Annotated[Optional[str], typer.Option("--timesteps", help="Indices into the training grid: 0,5,11.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per network batch (results do not change).")]
+ClassOpt = Annotated[Optional[int], typer.Option("--class-label", help="Class of every result (class-conditional).")]
+MaskOpt = Annotated[Path, typer.Option("--mask", help="Binary PNG of the input's size: white (255) = regenerate, "
+                                                      "black (0) = keep.")]
+FactorOpt = Annotated[int, typer.Option("--factor", help="Patch side P: the P x P patch means are the input's.")]
+TStartOpt = Annotated[Optional[float], typer.Option("--t-start", help="Noise level the painting is noised to "
+                                                                      "(default 2.0).")]
+StrokeStepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Steps from --t-start (default 2).")]
+AddNoiseOpt = Annotated[bool, typer.Option("--add-noise", help="Add N(0, sigma^2) noise to clean inputs first.")]
+SeedsOpt = Annotated[str, typer.Option("--seeds", help="Endpoint seeds A,B (the latents of `fsg sample --seed A`).")]
+LatentsOpt = Annotated[Optional[str], typer.Option("--latents", help="Endpoint latent files A,B (.npy or .pt, "
+                                                                     "N(0, I) of the sample shape).")]
 
 
 def _int_list(text: str | None, option: str = "--timesteps") -> list[int] | None:
@@ -52,7 +62,7 @@ def _run(task: str, model: Path | None, input_: Path, out: Path, seed: int | Non
 @edit_app.command("inpaint")
 def inpaint(
     input_: InputOpt, out: OutOpt,
-    mask: Annotated[Path, typer.Option("--mask", help="Binary PNG of the input's size: white (255) = regenerate, black (0) = keep.")],
+    mask: MaskOpt,
     model: ModelOpt = None, steps: StepsOpt = None, timesteps: TimestepsOpt = None, seed: SeedOpt = None,
     batch_size: BatchOpt = 64, class_label: ClassOpt = None, device: DeviceOpt = "auto",
 ) -> None:
@@ -70,7 +80,8 @@ def colorize(
     input_: InputOpt, out: OutOpt, model: ModelOpt = None, steps: StepsOpt = None, timesteps: TimestepsOpt = None,
     seed: SeedOpt = None, batch_size: BatchOpt = 64, class_label: ClassOpt = None, device: DeviceOpt = "auto",
 ) -> None:
-    """Keep the luma (0.2989 R + 0.5870 G + 0.1140 B) of the input and generate its colours; needs an RGB model.
+    """Keep the luma (0.2989 R + 0.5870 G + 0.1140 B) of the input, generate its colours (needs an RGB model).
+
     Gray inputs are accepted.
 
     Example:
@@ -83,12 +94,13 @@ def colorize(
 @edit_app.command("superres")
 def superres(
     input_: InputOpt, out: OutOpt,
-    factor: Annotated[int, typer.Option("--factor", help="Patch side P: the result's P x P patch means are the input's.")] = 4,
+    factor: FactorOpt = 4,
     model: ModelOpt = None, steps: StepsOpt = None, timesteps: TimestepsOpt = None, seed: SeedOpt = None,
     batch_size: BatchOpt = 64, class_label: ClassOpt = None, device: DeviceOpt = "auto",
 ) -> None:
-    """Super-resolve by a factor P: inputs of (resolution / P) pixels are the patch means (a full-size input is
-    averaged over its patches first).
+    """Super-resolve by a factor P: the result's P x P patch means are the low-resolution input's pixels.
+
+    Inputs of (resolution / P) pixels are upsampled; a full-size input is averaged over its patches first.
 
     Example:
       fsg edit superres --model runs/cd_digits --input low_res/ --factor 4 --steps 8 --out edits/superres
@@ -100,13 +112,12 @@ def superres(
 @edit_app.command("stroke")
 def stroke(
     input_: InputOpt, out: OutOpt,
-    t_start: Annotated[Optional[float], typer.Option("--t-start", help="Noise level the painting is noised to (default 2.0).")] = None,
-    model: ModelOpt = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Consistency steps from --t-start (default 2).")] = None,
+    t_start: TStartOpt = None, model: ModelOpt = None, steps: StrokeStepsOpt = None,
     timesteps: TimestepsOpt = None, seed: SeedOpt = None, batch_size: BatchOpt = 64, class_label: ClassOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Stroke-guided generation (SDEdit): noise a rough painting to --t-start, then take consistency steps.
+
     Lower --t-start follows the strokes more closely, higher gives more realistic images.
 
     Example:
@@ -120,7 +131,7 @@ def stroke(
 def denoise(
     input_: InputOpt, out: OutOpt,
     sigma: Annotated[float, typer.Option("--sigma", help="Noise level (std in [-1, 1] pixel units) of the inputs.")],
-    add_noise: Annotated[bool, typer.Option("--add-noise", help="Add N(0, sigma^2) noise to clean inputs first.")] = False,
+    add_noise: AddNoiseOpt = False,
     model: ModelOpt = None, seed: SeedOpt = None, batch_size: BatchOpt = 64, class_label: ClassOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -138,8 +149,7 @@ def interpolate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Grid PNG: the path from left to right.")],
     model: ModelOpt = None,
     n_points: Annotated[int, typer.Option("--n-points", "-n", help="Points on the path, endpoints included.")] = 8,
-    seeds: Annotated[str, typer.Option("--seeds", help="Endpoint seeds A,B: the latents of `fsg sample --seed A` / B.")] = "0,1",
-    latents: Annotated[Optional[str], typer.Option("--latents", help="Endpoint latent files A,B (.npy or .pt, N(0, I) of the sample shape).")] = None,
+    seeds: SeedsOpt = "0,1", latents: LatentsOpt = None,
     steps: StepsOpt = None, timesteps: TimestepsOpt = None, class_label: ClassOpt = None, device: DeviceOpt = "auto",
 ) -> None:
     """Spherical interpolation between two noise latents, decoded in one (or K) consistency steps.
@@ -160,8 +170,8 @@ def interpolate(
         raise UserError(f"--latents takes two files A,B, got '{latents}'")
     if model is None:
         _say("no --model given: using the bundled digits consistency model (assets/cd_digits)")
-    report = run_interpolation(model, n_points, out, seeds=(pair[0], pair[1]), latents=None if files is None else (files[0], files[1]),
-                               steps=steps, timesteps=_int_list(timesteps), class_label=class_label,
-                               device=resolve_device(device))
+    report = run_interpolation(model, n_points, out, seeds=(pair[0], pair[1]),
+                               latents=None if files is None else (files[0], files[1]), steps=steps,
+                               timesteps=_int_list(timesteps), class_label=class_label, device=resolve_device(device))
     typer.echo(f"interpolate: {report['n']} points, NFE {report['nfe']} each, {report['seconds']:.2f} s")
     typer.echo(f"wrote {out}")

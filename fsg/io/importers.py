@@ -255,7 +255,7 @@ def _import_adm(path: Path, overrides: dict) -> tuple[dict[str, torch.Tensor], d
             "cond_channels": in_ch - out_ch, "num_classes": num_classes, "step": int(step.group(1)) if step else 0,
             "source": path.name}
     if in_ch > out_ch:   # DDBM: the condition image is concatenated to x
-        meta.update(process=dict(DDBM_VP_PROCESS), precond="diffusion", method="ddbm", sample={"sampler": "heun-hybrid", "steps": 40})
+        meta.update(process=dict(DDBM_VP_PROCESS), precond="diffusion", method="ddbm", sample={"sampler": "dbim", "steps": 20})
     else:
         meta.update(_cm_meta(path, overrides))
     return state, meta

@@ -25,7 +25,6 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fsg.core.processes import karras_sigmas
 from fsg.errors import UserError
@@ -52,7 +51,7 @@ def _keep_first(a_y: torch.Tensor, a_x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class Replacement(Protocol):
-    """A^-1 [(A y) (1 - Omega) + (A x) Omega] (Algorithm 4 of Song et al. 2023): y's known part, x's generated part."""
+    """A^-1 [(A y) (1 - Omega) + (A x) Omega] (Algorithm 4 of Song et al. 2023): y's known, x's generated part."""
 
     def __call__(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor: ...
 
@@ -81,8 +80,6 @@ class Colorize:
         return orthogonal_basis(torch.tensor(LUMA, dtype=torch.float64, device=like.device)).to(like.dtype)
 
     def __call__(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if y.shape[-3] != 3:
-            raise UserError(f"colorization needs RGB images (3 channels), got {y.shape[-3]}")
         q = self.basis(y)
         a_y = torch.einsum("nchw,cd->ndhw", y, q)   # (N, 3, H, W) coordinates in Q's basis; channel 0 = luma
         a_x = torch.einsum("nchw,cd->ndhw", x, q)
@@ -201,6 +198,7 @@ TASKS = ("inpaint", "colorize", "superres", "stroke", "denoise")
 EDIT_STEPS = 8          # replacement steps of inpainting, colorization and super-resolution by default
 STROKE_T_START = 2.0    # SDEdit start time of stroke guidance (noise std in [-1, 1] pixel units)
 STROKE_STEPS = 2
+COMPARISON_COLUMNS = 16  # inputs shown in comparison.png
 
 
 @dataclass
@@ -243,7 +241,8 @@ def to_model_size(x: torch.Tensor, resolution: int, name: str, warn: Callable[[s
     return x
 
 
-def read_inputs(path: Path, shape: Sequence[int], warn: Callable[[str], None], low_res: int | None = None) -> EditInputs:
+def read_inputs(path: Path, shape: Sequence[int], warn: Callable[[str], None],
+                low_res: int | None = None) -> EditInputs:
     """Images of `path` at the model's `shape` (C, R, R). With `low_res`, files of low_res x low_res are taken as
     the low-resolution observations of super-resolution and upsampled (nearest) without a warning."""
     from fsg.data.images import to_unit
@@ -296,7 +295,8 @@ def edit_batches(model, y: torch.Tensor, run: Callable, seed: int, batch_size: i
         noise = SampleNoise(seed, idx, device)
         labels = None
         if num_classes:
-            labels = noise.randint(num_classes) if class_label is None else torch.full((len(idx),), class_label, device=device)
+            labels = (noise.randint(num_classes) if class_label is None
+                      else torch.full((len(idx),), class_label, device=device))
         denoise = CountingDenoiser(model.denoiser, labels=labels, clip=True)
         outs.append(run(denoise, y[idx].to(device, torch.float64), noise).float().cpu())
         nfe = denoise.nfe
@@ -310,7 +310,8 @@ def edit_times(model, task: str, steps: int | None, timesteps: Sequence[int] | N
 
     if task == "stroke" and not timesteps:
         p = model.process
-        return sdedit_times(t_start if t_start is not None else STROKE_T_START, steps or STROKE_STEPS, p.sigma_min, p.rho)
+        t_start = STROKE_T_START if t_start is None else t_start
+        return sdedit_times(t_start, steps or STROKE_STEPS, p.sigma_min, p.rho)
     if steps is not None and steps < 1:
         raise UserError("--steps must be at least 1")
     return consistency_times(model, steps or EDIT_STEPS, timesteps, None)
@@ -350,12 +351,13 @@ def run_edit(task: str, model_path, inputs: Path, out: Path, *, mask: Path | Non
              steps: int | None = None, timesteps: Sequence[int] | None = None, seed: int = 0, batch_size: int = 64,
              class_label: int | None = None, device="cpu", warn: Callable[[str], None] = print) -> dict:
     """Run one editing task on the images of `inputs` and write `out`/<name>.png per input plus
-    `out`/comparison.png (one row per input: input | observation | result). Returns a report."""
+    `out`/comparison.png (rows: inputs, observations, results). Returns a report."""
     model = load_edit_model(model_path, task, factor, device)
     src = read_inputs(inputs, model.shape, warn, model.shape[-1] // factor if task == "superres" else None)
     start = time.time()
     if task == "denoise":
-        observed, result, nfe = denoise_inputs(model, src.images, sigma, add_noise, seed, batch_size, device, class_label)
+        observed, result, nfe = denoise_inputs(model, src.images, sigma, add_noise, seed, batch_size, device,
+                                               class_label)
     else:
         replace = task_replacement(task, src, mask, factor, warn)
         times, t_min = edit_times(model, task, steps, timesteps, t_start), model.process.sigma_min
@@ -386,7 +388,8 @@ def denoise_inputs(model, y: torch.Tensor, sigma: float | None, add_noise: bool,
 
 def write_results(out: Path, names: list[str], inputs: torch.Tensor, observed: torch.Tensor,
                   result: torch.Tensor) -> list[Path]:
-    """`out`/<name>.png per result and `out`/comparison.png (rows: input | observation | result)."""
+    """`out`/<name>.png per result and `out`/comparison.png: rows input, observation and result of (at most)
+    the first COMPARISON_COLUMNS inputs, each input above its result."""
     from fsg.io.images import grid_image, save_png
 
     out.mkdir(parents=True, exist_ok=True)
@@ -396,9 +399,9 @@ def write_results(out: Path, names: list[str], inputs: torch.Tensor, observed: t
         path.parent.mkdir(parents=True, exist_ok=True)
         save_png(grid_image(x[None], pad=0), path)
         written.append(path)
-    rows = torch.stack([inputs, observed, result], 1).flatten(0, 1)              # (3N, C, H, W): one row per input
-    grid = grid_image(rows, nrow=3)
-    save_png(grid, out / "comparison.png", scale=max(1, 256 // grid.width))
+    k = min(len(names), COMPARISON_COLUMNS)
+    grid = grid_image(torch.cat([inputs[:k], observed[:k], result[:k]]), nrow=k)    # (3k, C, H, W) in 3 rows
+    save_png(grid, out / "comparison.png", scale=max(1, 64 // inputs.shape[-1]))    # small images made visible
     return [*written, out / "comparison.png"]
 
 

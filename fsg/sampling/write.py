@@ -19,11 +19,17 @@ GRID_POINTS = 10_000   # 2-D points in a --grid scatter plot
 
 
 def run_sampling(model_path, n: int, *, out: Path | None, grid: Path | None, seed: int = 0, batch_size: int = 256,
-                 device="cpu", **knobs) -> dict:
+                 device="cpu", cond: Path | None = None, **knobs) -> dict:
     if n < 1:
         raise UserError("-n must be at least 1")
     model = load_model(model_path, device)
-    stream = iter_samples(model, n, seed=seed, batch_size=batch_size, device=device, **knobs)
+    conds = None
+    if model.meta.get("cond_channels", 0):   # image-to-image: condition i from --cond, else the held-out data
+        from fsg.sampling.bridges import condition_source
+        conds = condition_source(model, cond)
+    elif cond is not None:
+        raise UserError("--cond: this model takes no condition image")
+    stream = iter_samples(model, n, seed=seed, batch_size=batch_size, device=device, conds=conds, **knobs)
     vector = len(model.shape) == 1
     labeled = bool(model.meta.get("num_classes", 0))
     npz = folder = None
@@ -36,8 +42,11 @@ def run_sampling(model_path, n: int, *, out: Path | None, grid: Path | None, see
         elif out.suffix == ".npz":
             out.parent.mkdir(parents=True, exist_ok=True)
             row = model.shape if vector else (model.shape[1], model.shape[2], model.shape[0])
-            extras = {"labels": ((), np.int64)} if labeled else None
-            npz = NpzWriter(out, n, tuple(row), np.float32 if vector else np.uint8, extras)
+            extras = {"labels": ((), np.int64)} if labeled else {}
+            if conds is not None:
+                cond_ch = model.meta["cond_channels"]
+                extras["cond"] = ((cond_ch,) if vector else (*row[:2], cond_ch), np.float32 if vector else np.uint8)
+            npz = NpzWriter(out, n, tuple(row), np.float32 if vector else np.uint8, extras or None)
         else:
             raise UserError(f"--out must be a .npz file or a folder ending in '/', got {out}")
     grid_rows: list[torch.Tensor] = []
@@ -50,6 +59,9 @@ def run_sampling(model_path, n: int, *, out: Path | None, grid: Path | None, see
             npz.write(rows, idx.numpy())
             if labels is not None:
                 npz.write(labels.numpy(), idx.numpy(), "labels")
+            if conds is not None:
+                y = conds(idx.tolist())
+                npz.write(y.numpy().astype(np.float32) if vector else to_uint8(y), idx.numpy(), "cond")
         if folder is not None:
             for i, img in zip(idx.tolist(), rows):
                 Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(folder / f"{i:06d}.png")

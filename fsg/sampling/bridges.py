@@ -1,0 +1,288 @@
+"""Image-to-image samplers of bridge models: DDBM's hybrid sampler, DBIM (eta; 2nd/3rd order) and CDBM.
+
+Each starts from the condition, x_T = y, and follows the sampler contract of `fsg.sampling.samplers`,
+`sample_X(denoise, x, times, noise, process, **knobs) -> x`, with `denoise(x, t)` returning x0_hat for the
+batch's conditions. NFE, counted by `CountingDenoiser` (the boot evaluation included):
+
+    hybrid (steps N, Karras grid of N points + 0)          3N - 1   (2N - 1 with churn_step_ratio = 0)
+    dbim, dbim2, dbim3 (steps = NFE = N + 1, N updates)     N + 1
+    cdbm (steps = NFE = K >= 2)                             K
+
+They register in `fsg.sampling.generate.EXTRA_SAMPLERS`; `condition_source` gives the conditions of
+`fsg sample --cond DIR|FILE.npz`, or by default the held-out split of the model's recorded training data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from fsg.core.bridges import (HYBRID_START_OFFSET, BridgeProcess, bridge_sample, dbim_high_order_step, dbim_step,
+                              euler_maruyama_step)
+from fsg.core.processes import karras_sigmas
+from fsg.errors import UserError
+from fsg.nets.load import LoadedModel
+from fsg.sampling.editing import SlerpNoise
+from fsg.sampling.generate import EXTRA_SAMPLERS, SamplerPlan, plan_sampler
+from fsg.sampling.noise import SampleNoise
+from fsg.sampling.samplers import CountingDenoiser
+
+Conditions = Callable[[Sequence[int]], torch.Tensor]   # sample indices -> their condition batch
+
+
+# ------------------------------------------------------------------------------------------- samplers
+
+def sample_hybrid(denoise, x, times, noise, process: BridgeProcess, churn_step_ratio: float = 0.33, w: float = 1.0):
+    """DDBM's hybrid sampler (Algorithm 1 of Zhou et al. 2024): on each interval [t_i, t_{i+1}], an
+    Euler-Maruyama step of the reverse SDE to t_hat = t_i + s (t_{i+1} - t_i), then a Heun step of the
+    PF-ODE to t_{i+1} (Euler on the last step to 0). `times` ends with 0; w is the guidance on the h-term."""
+    y = x
+    for i in range(len(times) - 1):
+        t, t_next = float(times[i]), float(times[i + 1])
+        t_hat = t + churn_step_ratio * (t_next - t)
+        if churn_step_ratio > 0:  # Stochastic step.
+            x = euler_maruyama_step(process, x, y, denoise(x, t), t, t_hat, noise.randn(x.shape, x.dtype), w)
+        d = process.drift(x, y, denoise(x, t_hat), t_hat, w=w)
+        x_next = x + (t_next - t_hat) * d
+        if t_next > 0:  # Apply 2nd order correction.
+            d_prime = process.drift(x_next, y, denoise(x_next, t_next), t_next, w=w)
+            x_next = x + (t_next - t_hat) * (d + d_prime) / 2
+        x = x_next
+    return x
+
+
+def _boot(denoise, y, times, noise, process):
+    """DBIM's booting step: x0_hat = D(y, T), then x_{t_1} = a y + b x0_hat + c eps_boot ~ q(x_{t_1} | x0_hat, y)."""
+    x0_hat = denoise(y, float(times[0]))
+    return bridge_sample(process, x0_hat, y, float(times[1]), noise.randn(y.shape, y.dtype))
+
+
+def sample_dbim(denoise, x, times, noise, process: BridgeProcess, eta: float = 0.0):
+    """DBIM (Algorithm 1 of Zheng et al. 2025): boot at times[0] = T, then `dbim_step` over times[1:]; the
+    last step adds no noise. eta = 0 is deterministic given the booting noise."""
+    y = x
+    x = _boot(denoise, y, times, noise, process)
+    n = len(times) - 1
+    for i in range(1, n):
+        s, t = float(times[i]), float(times[i + 1])
+        last = i == n - 1
+        z = torch.zeros_like(x) if last or eta == 0 else noise.randn(x.shape, x.dtype)
+        x = dbim_step(process, x, denoise(x, s), y, s, t, eta, z)
+    return x
+
+
+def sample_dbim_high_order(denoise, x, times, noise, process: BridgeProcess, order: int = 2):
+    """DBIM's 2nd/3rd-order multistep sampler (`sample_dbim_high_order`, Zheng et al. 2025): the order grows
+    with the estimates at hand, first order on the first and the last update."""
+    y = x
+    x = _boot(denoise, y, times, noise, process)
+    history: list[tuple[float, torch.Tensor]] = []           # (time, x0_hat), newest first
+    n = len(times) - 1
+    for i in range(1, n):
+        s, t = float(times[i]), float(times[i + 1])
+        x0_hat = denoise(x, s)
+        use = 0 if i == n - 1 else min(order - 1, len(history))
+        prev = history[:use]
+        x = dbim_high_order_step(process, x, y, s, t, [x0_hat] + [e for _, e in prev], [u for u, _ in prev])
+        history.insert(0, (s, x0_hat))
+    return x
+
+
+def sample_cdbm(denoise, x, times, noise, process: BridgeProcess):
+    """CDBM's sampler (Sec. 3.4 of He et al. 2024): x0_hat = h(y, T, y); then for each t in times[1:],
+    x_t ~ q(x_t | x0_hat, y) and x0_hat = h(x_t, t, y). times[1] = T - gamma."""
+    y = x
+    x0_hat = denoise(y, float(times[0]))
+    for t in times[1:]:
+        x_t = bridge_sample(process, x0_hat, y, float(t), noise.randn(y.shape, y.dtype))
+        x0_hat = denoise(x_t, float(t))
+    return x0_hat
+
+
+def _dbim2(denoise, x, times, noise, process):
+    return sample_dbim_high_order(denoise, x, times, noise, process, order=2)
+
+
+def _dbim3(denoise, x, times, noise, process):
+    return sample_dbim_high_order(denoise, x, times, noise, process, order=3)
+
+
+BRIDGE_SAMPLERS = {"hybrid": sample_hybrid, "dbim": sample_dbim, "dbim2": _dbim2, "dbim3": _dbim3, "cdbm": sample_cdbm}
+
+
+# ------------------------------------------------------------------------------------------- plans
+
+@dataclass
+class BridgePlan(SamplerPlan):
+    """A bridge sampler: starts from the condition and passes the process to the sampler."""
+
+    process: BridgeProcess | None = None
+
+    def initial(self, noise, shape, cond=None) -> torch.Tensor:
+        if cond is None:
+            raise UserError("a bridge model samples from condition images: give them with --cond DIR|FILE.npz "
+                            "(or sample a model whose recorded data has a held-out split)")
+        if tuple(cond.shape) != tuple(shape):
+            raise UserError(f"the conditions have shape {tuple(cond.shape[1:])}, but this bridge starts from x_T = y "
+                            f"of the sample's shape {tuple(shape[1:])}")
+        return cond.to(torch.float64)
+
+    def run(self, denoise, x, noise):
+        return BRIDGE_SAMPLERS[self.name](denoise, x, self.times, noise, self.process, **self.knobs)
+
+
+def _bridge_process(model: LoadedModel, sampler: str) -> BridgeProcess:
+    process = model.process
+    if not isinstance(process, BridgeProcess):
+        raise UserError(f"'{sampler}' samples bridge models; this model's process is '{process.name}'")
+    return process
+
+
+def _uniform_grid(process: BridgeProcess, points: int) -> torch.Tensor:
+    """[T, then `points` times uniform from T - gamma down to t_min] (DBIM's `get_sigmas_uniform`)."""
+    grid = torch.linspace(process.T - process.gamma, process.t_min, points, dtype=torch.float64)
+    return torch.cat([grid.new_tensor([process.T]), grid])
+
+
+def plan_hybrid(model: LoadedModel, steps: int | None, churn_step_ratio: float = 0.33, w: float = 1.0, **_) -> BridgePlan:
+    """N = steps Karras points from T - 1e-4 to t_min, then 0 (DDBM `karras_sample`; default N = 40, NFE 119)."""
+    p = _bridge_process(model, "hybrid")
+    n = steps if steps is not None else 40
+    if n < 1:
+        raise UserError("--steps must be at least 1")
+    if not 0 <= churn_step_ratio < 1:
+        raise UserError("churn_step_ratio must lie in [0, 1)")
+    times = karras_sigmas(n, p.t_min, p.T - HYBRID_START_OFFSET, p.rho)
+    return BridgePlan("hybrid", times, {"churn_step_ratio": churn_step_ratio, "w": w}, clip=True, process=p)
+
+
+def _plan_dbim(name: str, knob_names: tuple[str, ...]):
+    def plan(model: LoadedModel, steps: int | None, **knobs) -> BridgePlan:
+        """steps = NFE = N + 1 (the boot evaluation and N updates on a uniform grid; default 20)."""
+        p = _bridge_process(model, name)
+        nfe = steps if steps is not None else 20
+        if nfe < 2:
+            raise UserError(f"{name}: --steps is the NFE, the boot evaluation and at least one update: 2 or more")
+        chosen = {k: v for k, v in knobs.items() if k in knob_names and v is not None}
+        if chosen.get("eta", 0.0) < 0:
+            raise UserError("eta must be non-negative")
+        return BridgePlan(name, _uniform_grid(p, nfe), chosen, clip=True, process=p)
+    return plan
+
+
+def plan_cdbm(model: LoadedModel, steps: int | None, **_) -> BridgePlan:
+    """steps = NFE = K >= 2: the boot at T, then K - 1 consistency calls at times uniform on [t_min, T - gamma)."""
+    p = _bridge_process(model, "cdbm")
+    if model.denoiser.precond == "diffusion":
+        raise UserError("the cdbm sampler needs a consistency bridge model (CBD/CBT); for a DDBM use dbim or hybrid")
+    k = steps if steps is not None else 2
+    if k < 2:
+        raise UserError("cdbm: --steps is the NFE, at least 2 (the boot evaluation and one consistency call)")
+    grid = torch.linspace(p.T - p.gamma, p.t_min, k, dtype=torch.float64)[:-1]      # K - 1 calls
+    return BridgePlan("cdbm", torch.cat([grid.new_tensor([p.T]), grid]), {}, clip=True, process=p)
+
+
+EXTRA_SAMPLERS.update({
+    "hybrid": plan_hybrid,
+    "dbim": _plan_dbim("dbim", ("eta",)),
+    "dbim2": _plan_dbim("dbim2", ()),
+    "dbim3": _plan_dbim("dbim3", ()),
+    "cdbm": plan_cdbm,
+})
+
+
+# ------------------------------------------------------------------------------------------- conditions
+
+def held_out_conds(meta: dict) -> Conditions:
+    """Condition i = item i mod M of the 'test' split of the model's recorded data (`meta["data"]`)."""
+    from fsg.data import build_dataset
+    from fsg.data.config import DataConfig
+    from fsg.io.config import ConfigError, from_dict
+
+    if not meta.get("data"):
+        raise UserError("this bridge model records no training data (an imported checkpoint?): "
+                        "give the conditions with --cond DIR|FILE.npz")
+    try:
+        test = build_dataset(from_dict(DataConfig, meta["data"]), "test")
+    except (UserError, ConfigError) as e:
+        raise UserError(f"no held-out conditions in the model's data ({e}); give them with --cond DIR|FILE.npz") from None
+    if test.cond_shape is None:
+        raise UserError(f"the model's data ({test.name}) has no condition images; give them with --cond DIR|FILE.npz")
+
+    def conds(indices: Sequence[int]) -> torch.Tensor:
+        return torch.stack([test[int(i) % len(test)]["cond"] for i in indices])
+    return conds
+
+
+def file_conds(path: Path, shape: tuple[int, ...]) -> Conditions:
+    """Conditions of `shape` (C, H, W) or (D,) from a folder of images (sorted names, resized and centre-
+    cropped) or an .npz (`cond`, else `arr_0`: uint8 NHWC images or float [N, D] points); item i mod M."""
+    from fsg.data.images import list_folder, resize_square, to_unit
+
+    path = Path(path)
+    if path.is_dir():
+        if len(shape) != 3 or shape[0] not in (1, 3):
+            raise UserError(f"--cond {path}: a folder holds gray or RGB images; this model's conditions have shape {shape}")
+        files = list_folder(path)
+        if not files:
+            raise UserError(f"--cond {path}: no image files in the folder")
+
+        def read(i: int) -> torch.Tensor:
+            return resize_square(to_unit(files[i].read(shape[0])), shape[-1])
+        return lambda indices: torch.stack([read(int(i) % len(files)) for i in indices])
+    if path.suffix != ".npz" or not path.is_file():
+        raise UserError(f"--cond {path}: expected a folder of images or an existing .npz file")
+    with np.load(path) as npz:
+        key = "cond" if "cond" in npz.files else "arr_0"
+        if key not in npz.files:
+            raise UserError(f"--cond {path}: no 'cond' or 'arr_0' array in the file")
+        array = npz[key]
+    if array.dtype == np.uint8 and array.ndim == 4:
+        items = torch.from_numpy(array).permute(0, 3, 1, 2).float() / 127.5 - 1     # (M, C, H, W) in [-1, 1]
+    else:
+        items = torch.from_numpy(np.asarray(array, dtype=np.float32))
+    if tuple(items.shape[1:]) != tuple(shape) or len(items) == 0:
+        raise UserError(f"--cond {path}: '{key}' holds items of shape {tuple(items.shape[1:])}, the model needs {tuple(shape)}")
+    return lambda indices: items[[int(i) % len(items) for i in indices]]
+
+
+def condition_source(model: LoadedModel, cond: Path | None) -> Conditions:
+    """The conditions of a bridge model: from `cond` (folder or .npz) or the held-out split of its data."""
+    shape = (model.meta.get("cond_channels", 0), *model.shape[1:]) if len(model.shape) == 3 else (model.meta.get("cond_channels", 0),)
+    return file_conds(cond, shape) if cond is not None else held_out_conds(model.meta)
+
+
+# ------------------------------------------------------------------------------------------- interpolation
+
+@torch.no_grad()
+def interpolate_bridge(model: LoadedModel, cond: torch.Tensor, n_points: int, *, seeds: tuple[int, int] = (0, 1),
+                       sampler: str | None = None, steps: int | None = None, class_label: int | None = None,
+                       device="cpu", **knobs) -> tuple[torch.Tensor, int]:
+    """Semantic interpolation in data space (Fig. 5 of He et al. 2024; DBIM's interpolation of booting
+    noises): fix the condition y (one item, (C, H, W) or (D,)), take the noise draws of sample 0 under two
+    seeds (the booting noise and every later draw), slerp them draw by draw and rerun the chain.
+
+    Returns the (n_points, ...) path and its NFE per point; the ends equal sample 0 of `fsg sample --seed S`
+    with this condition, and the path is smooth when the chain is deterministic given its noises (cdbm, dbim).
+    """
+    if n_points < 2:
+        raise UserError("interpolation needs at least 2 points (the two endpoints)")
+    plan = plan_sampler(model, sampler, steps, **knobs)
+    if not isinstance(plan, BridgePlan):
+        raise UserError(f"interpolation in data space needs a bridge sampler; '{plan.name}' is not one")
+    ends = [SampleNoise(s, [0], device) for s in seeds]
+    labels = None
+    num_classes = model.meta.get("num_classes", 0)
+    if num_classes:   # as in `fsg sample`, a stream draws its class first; the path takes the first endpoint's
+        drawn = [int(e.randint(num_classes)[0]) for e in ends][0]
+        labels = torch.full((n_points,), drawn if class_label is None else class_label, device=device)
+    alpha = torch.linspace(0, 1, n_points, dtype=torch.float64)
+    y = cond.to(device).float()[None].expand(n_points, *cond.shape)              # (P, *cond.shape)
+    denoise = CountingDenoiser(model.denoiser, cond=y, labels=labels, clip=plan.clip and y.ndim == 4)
+    noise = SlerpNoise(*ends, alpha)
+    x = plan.run(denoise, plan.initial(noise, tuple(y.shape), y), noise).float()
+    return (x.clamp(-1, 1) if x.ndim == 4 else x), denoise.nfe
