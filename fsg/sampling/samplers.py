@@ -71,10 +71,10 @@ def sample_consistency(denoise, x, times, noise, t_min: float = 0.002, edge_skip
 
     x starts at times[0] (x = T z); after each consistency call f = f(x, t) the estimate is re-noised to the
     next time: x' = f + sqrt(t'^2 - t_min^2) z. Edge-skipping (SCT, eta = `edge_skip` in [0, 1]) does not
-    land on the edge t_min and restart from fresh noise: it keeps a fraction eta of the noise direction
-    eps_hat = (x - f) / t that the call removed,
-        x' = f + eta t' eps_hat + sqrt(1 - eta^2) sqrt(t'^2 - t_min^2) z,
-    Algorithm 1 at eta = 0 and a deterministic DDIM step with f as the denoiser at eta = 1 (fsg's form: the
+    land on the edge t_min: it stops at s = eta t' on the DDIM line through x and f and re-noises from s to t',
+    i.e. it keeps a fraction eta of the noise direction eps_hat = (x - f) / t that the call removed:
+        x' = f + eta t' eps_hat + sqrt(1 - eta^2) sqrt(t'^2 - t_min^2) z.
+    eta = 0 is Algorithm 1, eta = 1 a deterministic DDIM step with f as the denoiser (fsg's form: the SCT
     paper's own formula was not available to check).
     """
     if not 0.0 <= edge_skip <= 1.0:
