@@ -54,3 +54,21 @@ def test_per_sample_streams_never_collide_within_a_run():
     # mix32 is a bijection: it is invertible on a sample of the 32-bit range
     xs = [0, 1, 2, 12345, 0xFFFFFFFF]
     assert len({mix32(x) for x in xs}) == len(xs)
+
+
+def test_ternary_search_finds_the_minimum_of_a_unimodal_metric():
+    from fsg.sampling.search import ternary_search_middle
+    for target in (1, 7, 22, 38):
+        best, seen = ternary_search_middle(lambda p: (p - target) ** 2 + 0.5, 1, 38)
+        assert best == target
+        assert len(seen) < 20                      # far fewer than the 38 candidates
+    best, _ = ternary_search_middle(lambda p: abs(p - 10), 10, 10)
+    assert best == 10
+
+
+def test_two_step_metric_runs_on_a_model():
+    from fsg.sampling.search import ternary_search_middle, two_step_metric
+    model = tiny_model(shape=(2,), precond="consistency")
+    metric = two_step_metric(model, 8, lambda x: float(x.pow(2).mean()))
+    best, seen = ternary_search_middle(metric, 1, 16)
+    assert 1 <= best <= 16 and best in seen

@@ -56,7 +56,7 @@ def save_samples_png(x: torch.Tensor, path: str | Path, nrow: int | None = None)
         save_png(scatter_image(x), path)
         return
     img = grid_image(x, nrow)
-    save_png(img, path, scale=max(1, 256 // max(img.width, 1)) if img.width < 256 else 1)
+    save_png(img, path, scale=-(-512 // img.width) if img.width < 512 else 1)   # small images: upscale to >= 512 px
 
 
 class NpzWriter:
