@@ -9,7 +9,8 @@ the condition image of a bridge (N, Cc, H, W), concatenated on the channel axis 
 
 from fsg.nets.adm import ADMConfig
 from fsg.nets.edm import DhariwalUNetConfig, SongUNetConfig
+from fsg.nets.grow import GrownConfig
 from fsg.nets.mlp import MLPConfig
 from fsg.nets.unet import UNetConfig
 
-NETWORK_CONFIGS = [MLPConfig, UNetConfig, ADMConfig, SongUNetConfig, DhariwalUNetConfig]
+NETWORK_CONFIGS = [MLPConfig, UNetConfig, ADMConfig, SongUNetConfig, DhariwalUNetConfig, GrownConfig]

@@ -54,23 +54,28 @@ def build_run(recipe, command: str, device: torch.device, teacher: str | Path | 
     cond_ch = dataset.cond_shape[0] if dataset.cond_shape else 0
     num_classes = dataset.num_classes
 
+    start_network = getattr(method_cls, "start_network", None)   # PaGoDA: grows the start model to the data's resolution
     teacher_model = None
     if teacher is not None:
         teacher_model = load_model(teacher, device)
-        _check_compatible(teacher_model, dataset, "teacher")
+        if start_network is None:
+            _check_compatible(teacher_model, dataset, "teacher")
     elif getattr(method_cls, "needs_teacher", False) or getattr(method_cls, "init_from_teacher", False):
         raise UserError(f"method '{name}' needs --teacher (a diffusion model to start from)")
 
     source = init if init is not None else (teacher if getattr(method_cls, "init_from_teacher", False) else None)
     if source is not None:
         start = teacher_model if (source == teacher and teacher_model is not None) else load_model(source, device)
-        if start is not teacher_model:
-            _check_compatible(start, dataset, "--init model")
-        net_cfg = network_config_from_meta(start.meta)
         out_ch = start.meta["out_channels"]
         num_classes = start.meta.get("num_classes", 0)
-        net = net_cfg.build(shape, out_ch, cond_ch, num_classes)
-        load_state_strict(net, start.denoiser.net.state_dict(), str(start.path))
+        if start_network is not None:
+            net_cfg, net = start_network(recipe, start, teacher_model, shape, cond_ch)
+        else:
+            if start is not teacher_model:
+                _check_compatible(start, dataset, "--init model")
+            net_cfg = network_config_from_meta(start.meta)
+            net = net_cfg.build(shape, out_ch, cond_ch, num_classes)
+            load_state_strict(net, start.denoiser.net.state_dict(), str(start.path))
         process = start.process
     else:
         net_cfg = recipe.network
