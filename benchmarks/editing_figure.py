@@ -4,9 +4,10 @@ digits by the tiny CD model, plus an interpolation path, each panel made by one 
     python benchmarks/editing_figure.py --model runs/cd_digits            # prints every command it runs
     python benchmarks/editing_figure.py --quick                           # fewer digits, fewer steps
 
-It writes the inputs (16x16 digits, a mask, 4x4 low-resolution digits, stroke paintings) to
-assets/editing/inputs/, the panels to assets/editing/<task>.png, and a table of the kept-part error and
-the error to the clean digit (RMSE in 8-bit levels) to benchmarks/results/editing_figure.json.
+It writes the inputs (16x16 digits, a mask, 8x8 low-resolution digits, stroke paintings) to
+assets/editing/inputs/, each panel to assets/editing/<task>/comparison.png (rows: input, observation,
+result) and assets/editing/interpolate.png, and a table of the kept-part error and the error to the clean
+digit (RMSE in 8-bit levels, of the written PNGs) to benchmarks/results/editing_figure.json.
 A missing model is trained first with the tiny recipes (teacher, then consistency distillation).
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -27,17 +29,19 @@ from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
 RESOLUTION = 16
-FACTOR = 4                    # super-resolution from 4x4 to 16x16
+FACTOR = 2                    # super-resolution from 8x8 (the digits' native size) to 16x16
 DENOISE_SIGMA = 0.5           # noise std of the denoising panel, in [-1, 1] pixel units
 
 
-def fsg(*args: str) -> float:
-    """Run `fsg ARGS` (printed first); the seconds it took."""
-    cmd = [sys.executable, "-m", "fsg", *map(str, args)]
+def fsg(*args) -> tuple[float, int | None]:
+    """Run `fsg ARGS` (printed first, with its output); the seconds it took and the NFE it reported."""
     print("$ fsg " + " ".join(map(str, args)), flush=True)
     start = time.time()
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    return time.time() - start
+    done = subprocess.run([sys.executable, "-m", "fsg", *map(str, args)], check=True, cwd=ROOT,
+                          capture_output=True, text=True)
+    print(done.stderr + done.stdout, end="", flush=True)
+    nfe = re.search(r"NFE (\d+)", done.stdout)
+    return time.time() - start, int(nfe[1]) if nfe else None
 
 
 def ensure_model(model: Path, quick: bool) -> None:
@@ -48,8 +52,8 @@ def ensure_model(model: Path, quick: bool) -> None:
     if not (teacher / "model.safetensors").is_file():
         fsg("train-diffusion", "--recipe", "recipes/tiny/edm_digits.yaml", "--run-dir", teacher, "--no-progress",
             *(["--max-steps", "300"] if quick else []))
-    fsg("distill", "--teacher", teacher, "--recipe", "recipes/tiny/cd_digits.yaml", "--run-dir", model, "--no-progress",
-        *(["--max-steps", "200"] if quick else []))
+    fsg("distill", "--teacher", teacher, "--recipe", "recipes/tiny/cd_digits.yaml", "--run-dir", model,
+        "--no-progress", *(["--max-steps", "200"] if quick else []))
 
 
 def save_gray(x: torch.Tensor, path: Path) -> None:
@@ -98,7 +102,7 @@ def make_inputs(folder: Path, n: int) -> torch.Tensor:
     x = clean_digits(n)
     for i, digit in enumerate(x):
         save_gray(digit, folder / "digits" / f"{i}.png")
-        save_gray(F.avg_pool2d(digit[None], FACTOR)[0], folder / "low_res" / f"{i}.png")   # (1, 4, 4)
+        save_gray(F.avg_pool2d(digit[None], FACTOR)[0], folder / "low_res" / f"{i}.png")   # (1, 8, 8)
     mask = np.zeros((RESOLUTION, RESOLUTION), np.uint8)
     mask[RESOLUTION // 2:] = 255                                      # regenerate the lower half
     Image.fromarray(mask).save(folder / "mask.png")
@@ -139,49 +143,54 @@ def measure(task: str, folder: Path, out: Path, truth: torch.Tensor) -> dict:
     return {"rmse": rmse(result, truth), "rmse_noisy_input": rmse(noisy, truth)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=Path("runs/cd_digits"), help="CD digits model (trained if missing)")
-    parser.add_argument("--out", type=Path, default=Path("assets/editing"))
-    parser.add_argument("--steps", type=int, default=8, help="consistency steps of inpainting and super-resolution")
-    parser.add_argument("--quick", action="store_true", help="four digits, two steps (and a short training if needed)")
-    args = parser.parse_args()
-    n, steps = (4, 2) if args.quick else (8, args.steps)
-    model, out = args.model, args.out
-    ensure_model(model, args.quick)
-    inputs = out / "inputs"
-    truth = make_inputs(inputs, n)
-    common = ["--model", model, "--device", "cpu"]
-    tasks = {
-        "inpaint": ["edit", "inpaint", "--input", inputs / "digits", "--mask", inputs / "mask.png", "--steps", steps],
-        "superres": ["edit", "superres", "--input", inputs / "low_res", "--factor", FACTOR, "--steps", steps],
-        "stroke": ["edit", "stroke", "--input", inputs / "strokes", "--t-start", "2", "--steps", "2"],
-        "denoise": ["edit", "denoise", "--input", inputs / "digits", "--sigma", DENOISE_SIGMA, "--add-noise"],
+def commands(model: Path, out: Path, quick: bool) -> dict[str, list]:
+    """The one `fsg` command of each panel; an editing panel is <out>/<task>/comparison.png."""
+    inputs, steps = out / "inputs", (["--steps", "2"] if quick else [])   # default: every grid point but the last
+    model_opts = ["--model", model, "--device", "cpu"]
+    common = [*model_opts, "--seed", "0"]
+    return {
+        "inpaint": ["edit", "inpaint", "--input", inputs / "digits", "--mask", inputs / "mask.png", *steps, *common],
+        "superres": ["edit", "superres", "--input", inputs / "low_res", "--factor", FACTOR, *steps, *common],
+        "stroke": ["edit", "stroke", "--input", inputs / "strokes", "--t-start", "1.2", "--steps", "2", *common],
+        "denoise": ["edit", "denoise", "--input", inputs / "digits", "--sigma", DENOISE_SIGMA, "--add-noise",
+                    *common],
+        "interpolate": ["interpolate", "--n-points", "10", "--seeds", "0,1", *model_opts],
     }
-    rows = {}
-    for task, cmd in tasks.items():
-        panel = out / "runs" / task
-        seconds = fsg(*cmd, *common, "--seed", "0", "--out", panel)
-        shutil.copyfile(panel / "comparison.png", out / f"{task}.png")
-        rows[task] = {"command": "fsg " + " ".join(map(str, [*cmd, *common, "--seed", "0", "--out", panel])), "seconds": round(seconds, 2)}
-        if task != "stroke":
-            rows[task].update(measure(task, inputs, panel, truth))
-    seconds = fsg("interpolate", "--n-points", "10", "--seeds", "0,1", *common, "--out", out / "interpolate.png")
-    rows["interpolate"] = {"command": f"fsg interpolate --n-points 10 --seeds 0,1 {' '.join(map(str, common))} "
-                                      f"--out {out / 'interpolate.png'}", "seconds": round(seconds, 2)}
 
-    print(f"\n{'task':<12}{'kept max err':>14}{'RMSE result':>14}{'RMSE baseline':>15}   baseline")
+
+def print_table(rows: dict) -> None:
+    baselines = {"inpaint": "gray fill", "superres": "nearest upsampling", "denoise": "the noisy input"}
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    print(f"\n{'task':<12}{'NFE':>5}{'kept max err':>14}{'RMSE result':>13}{'RMSE baseline':>15}   (8-bit levels)")
     for task, r in rows.items():
-        kept = r.get("kept_max_err")
         result = r.get("rmse_hole", r.get("rmse"))
         base = r.get("rmse_hole_gray_fill", r.get("rmse_nearest_upsampling", r.get("rmse_noisy_input")))
-        name = {"inpaint": "gray fill", "superres": "nearest upsampling", "denoise": "the noisy input"}.get(task, "")
-        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-        print(f"{task:<12}{fmt(kept):>14}{fmt(result):>14}{fmt(base):>15}   {name}")
+        print(f"{task:<12}{r['nfe']:>5}{fmt(r.get('kept_max_err')):>14}{fmt(result):>13}{fmt(base):>15}   "
+              f"{baselines.get(task, '')}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=Path("runs/cd_digits"), help="CD model (trained if missing)")
+    parser.add_argument("--out", type=Path, default=Path("assets/editing"))
+    parser.add_argument("--quick", action="store_true", help="four digits, two steps (short training if needed)")
+    args = parser.parse_args()
+    ensure_model(args.model, args.quick)
+    n = 4 if args.quick else 8
+    truth = make_inputs(args.out / "inputs", n)
+    rows = {}
+    for task, cmd in commands(args.model, args.out, args.quick).items():
+        target = args.out / ("interpolate.png" if task == "interpolate" else task)
+        seconds, nfe = fsg(*cmd, "--out", target)
+        rows[task] = {"command": "fsg " + " ".join(map(str, [*cmd, "--out", target])), "nfe": nfe,
+                      "seconds": round(seconds, 2)}
+        if task in ("inpaint", "superres", "denoise"):
+            rows[task].update(measure(task, args.out / "inputs", target, truth))
+    print_table(rows)
     results = ROOT / "benchmarks" / "results" / "editing_figure.json"
     results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps({"model": str(model), "digits": n, "steps": steps, "tasks": rows}, indent=2))
-    print(f"wrote {results} and {out}/{{inpaint,superres,stroke,denoise,interpolate}}.png")
+    results.write_text(json.dumps({"model": str(args.model), "digits": n, "tasks": rows}, indent=2))
+    print(f"wrote {results}; panels {args.out}/<task>/comparison.png and {args.out}/interpolate.png")
 
 
 if __name__ == "__main__":

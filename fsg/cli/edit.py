@@ -19,7 +19,8 @@ app.add_typer(edit_app, name="edit")
 
 InputOpt = Annotated[Path, typer.Option("--input", "-i", help="An image (PNG/JPEG) or a folder of images.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder: <name>.png per input and comparison.png.")]
-StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Consistency steps K (one NFE each).")]
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Consistency steps K, one NFE each (default: N - 1 "
+                                                                   "for the model's N-point training grid).")]
 TimestepsOpt = Annotated[Optional[str], typer.Option("--timesteps", help="Indices into the training grid: 0,5,11.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per network batch (results do not change).")]
 ClassOpt = Annotated[Optional[int], typer.Option("--class-label", help="Class of every result (class-conditional).")]
@@ -27,8 +28,9 @@ MaskOpt = Annotated[Path, typer.Option("--mask", help="Binary PNG of the input's
                                                       "black (0) = keep.")]
 FactorOpt = Annotated[int, typer.Option("--factor", help="Patch side P: the P x P patch means are the input's.")]
 TStartOpt = Annotated[Optional[float], typer.Option("--t-start", help="Noise level the painting is noised to "
-                                                                      "(default 2.0).")]
+                                                                      "(default 1.2).")]
 StrokeStepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Steps from --t-start (default 2).")]
+DecodeStepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Consistency steps K per point (default 1).")]
 AddNoiseOpt = Annotated[bool, typer.Option("--add-noise", help="Add N(0, sigma^2) noise to clean inputs first.")]
 SeedsOpt = Annotated[str, typer.Option("--seeds", help="Endpoint seeds A,B (the latents of `fsg sample --seed A`).")]
 LatentsOpt = Annotated[Optional[str], typer.Option("--latents", help="Endpoint latent files A,B (.npy or .pt, "
@@ -69,7 +71,7 @@ def inpaint(
     """Regenerate the white pixels of --mask and keep every other pixel exactly (Algorithm 4, A = I).
 
     Example:
-      fsg edit inpaint --model runs/cd_digits --input digits/ --mask hole.png --steps 8 --out edits/inpaint
+      fsg edit inpaint --model runs/cd_digits --input digits/ --mask hole.png --out edits/inpaint
     """
     _run("inpaint", model, input_, out, seed, device, mask=mask, steps=steps, timesteps=_int_list(timesteps),
          batch_size=batch_size, class_label=class_label)
@@ -103,7 +105,7 @@ def superres(
     Inputs of (resolution / P) pixels are upsampled; a full-size input is averaged over its patches first.
 
     Example:
-      fsg edit superres --model runs/cd_digits --input low_res/ --factor 4 --steps 8 --out edits/superres
+      fsg edit superres --model runs/cd_digits --input low_res/ --factor 2 --out edits/superres
     """
     _run("superres", model, input_, out, seed, device, factor=factor, steps=steps, timesteps=_int_list(timesteps),
          batch_size=batch_size, class_label=class_label)
@@ -121,7 +123,7 @@ def stroke(
     Lower --t-start follows the strokes more closely, higher gives more realistic images.
 
     Example:
-      fsg edit stroke --model runs/cd_digits --input strokes/ --t-start 2 --steps 2 --out edits/stroke
+      fsg edit stroke --model runs/cd_digits --input strokes/ --t-start 1.2 --steps 2 --out edits/stroke
     """
     _run("stroke", model, input_, out, seed, device, t_start=t_start, steps=steps, timesteps=_int_list(timesteps),
          batch_size=batch_size, class_label=class_label)
@@ -150,7 +152,8 @@ def interpolate(
     model: ModelOpt = None,
     n_points: Annotated[int, typer.Option("--n-points", "-n", help="Points on the path, endpoints included.")] = 8,
     seeds: SeedsOpt = "0,1", latents: LatentsOpt = None,
-    steps: StepsOpt = None, timesteps: TimestepsOpt = None, class_label: ClassOpt = None, device: DeviceOpt = "auto",
+    steps: DecodeStepsOpt = None, timesteps: TimestepsOpt = None, class_label: ClassOpt = None,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Spherical interpolation between two noise latents, decoded in one (or K) consistency steps.
 

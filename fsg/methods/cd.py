@@ -49,3 +49,8 @@ class CDMethod(ConsistencyMethod):
         step_fn = heun_step if self.cfg.solver == "heun" else euler_step
         tt, tn = append_dims(t, x0.ndim), append_dims(t_next, x0.ndim)
         return self.pair_loss(nets, batch, x_t, t, lambda: step_fn(teacher, x_t, tt, tn), t_next, torch.ones_like(t))
+
+    def export_meta(self):
+        meta = super().export_meta()
+        meta["train_grid"] = self.cfg.num_scales       # --timesteps index this N-point Karras grid
+        return meta

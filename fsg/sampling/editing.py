@@ -195,8 +195,7 @@ def sample_interpolation(denoise, z0: torch.Tensor, z1: torch.Tensor, alpha: tor
 # ------------------------------------------------------------------------------------------ files in, pictures out
 
 TASKS = ("inpaint", "colorize", "superres", "stroke", "denoise")
-EDIT_STEPS = 8          # replacement steps of inpainting, colorization and super-resolution by default
-STROKE_T_START = 2.0    # SDEdit start time of stroke guidance (noise std in [-1, 1] pixel units)
+STROKE_T_START = 1.2     # SDEdit start time of stroke guidance (noise std in [-1, 1] pixel units)
 STROKE_STEPS = 2
 COMPARISON_COLUMNS = 16  # inputs shown in comparison.png
 
@@ -288,6 +287,8 @@ def edit_batches(model, y: torch.Tensor, run: Callable, seed: int, batch_size: i
                  class_label: int | None = None) -> tuple[torch.Tensor, int]:
     """Apply run(denoise, y_batch, noise) -> x over batches; input i's noise depends only on (seed, i).
     A class-conditional model gets `class_label`, else a class drawn from each input's stream."""
+    if batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
     outs, nfe = [], 0
     num_classes = model.meta.get("num_classes", 0)
     for start in range(0, len(y), batch_size):
@@ -305,16 +306,19 @@ def edit_batches(model, y: torch.Tensor, run: Callable, seed: int, batch_size: i
 
 def edit_times(model, task: str, steps: int | None, timesteps: Sequence[int] | None,
                t_start: float | None) -> torch.Tensor:
-    """The consistency times of a task: --timesteps, or K evenly spaced grid indices from T (stroke: from t_start)."""
+    """The consistency times of a task: --timesteps, or K evenly spaced indices of the model's N-point training
+    grid from T, by default every index but the last (K = N - 1, as the reference editing runs); stroke guidance
+    starts at t_start instead."""
     from fsg.sampling.generate import consistency_times
 
+    if steps is not None and steps < 1:
+        raise UserError("--steps must be at least 1")
     if task == "stroke" and not timesteps:
         p = model.process
         t_start = STROKE_T_START if t_start is None else t_start
         return sdedit_times(t_start, steps or STROKE_STEPS, p.sigma_min, p.rho)
-    if steps is not None and steps < 1:
-        raise UserError("--steps must be at least 1")
-    return consistency_times(model, steps or EDIT_STEPS, timesteps, None)
+    grid_points = int(model.meta.get("train_grid") or 40)
+    return consistency_times(model, steps or grid_points - 1, timesteps, None)
 
 
 def load_edit_model(model_path, task: str, factor: int, device):
@@ -363,7 +367,7 @@ def run_edit(task: str, model_path, inputs: Path, out: Path, *, mask: Path | Non
         times, t_min = edit_times(model, task, steps, timesteps, t_start), model.process.sigma_min
         result, nfe = edit_batches(model, src.images, lambda d, y, z: sample_edit(d, y, times, z, replace, t_min),
                                    seed, batch_size, device, class_label)
-        observed = src.images if replace is None else replace.observation(src.images)
+        observed = None if replace is None else replace.observation(src.images)
     seconds = time.time() - start
     written = write_results(out, src.names, src.images, observed, result)
     return {"n": len(src.names), "nfe": nfe, "seconds": seconds, "written": written, "result": result}
@@ -386,10 +390,11 @@ def denoise_inputs(model, y: torch.Tensor, sigma: float | None, add_noise: bool,
     return noisy, result, nfe
 
 
-def write_results(out: Path, names: list[str], inputs: torch.Tensor, observed: torch.Tensor,
+def write_results(out: Path, names: list[str], inputs: torch.Tensor, observed: torch.Tensor | None,
                   result: torch.Tensor) -> list[Path]:
-    """`out`/<name>.png per result and `out`/comparison.png: rows input, observation and result of (at most)
-    the first COMPARISON_COLUMNS inputs, each input above its result."""
+    """`out`/<name>.png per result and `out`/comparison.png: rows input, observation (left out when it shows no
+    more than the input, e.g. a low-resolution input) and result of (at most) the first COMPARISON_COLUMNS
+    inputs, each input above its result."""
     from fsg.io.images import grid_image, save_png
 
     out.mkdir(parents=True, exist_ok=True)
@@ -400,7 +405,9 @@ def write_results(out: Path, names: list[str], inputs: torch.Tensor, observed: t
         save_png(grid_image(x[None], pad=0), path)
         written.append(path)
     k = min(len(names), COMPARISON_COLUMNS)
-    grid = grid_image(torch.cat([inputs[:k], observed[:k], result[:k]]), nrow=k)    # (3k, C, H, W) in 3 rows
+    shown = observed is not None and not torch.allclose(observed[:k], inputs[:k], atol=1e-6)
+    rows = [inputs[:k], *([observed[:k]] if shown else []), result[:k]]
+    grid = grid_image(torch.cat(rows), nrow=k)                                     # (2k or 3k, C, H, W)
     save_png(grid, out / "comparison.png", scale=max(1, 64 // inputs.shape[-1]))    # small images made visible
     return [*written, out / "comparison.png"]
 
