@@ -28,7 +28,10 @@ def toy_rows(n: int) -> list[dict]:
             "iCT": ensure_run("train-consistency", "recipes/tiny/ict_toy.yaml", bench / "ict_toy")}
     settings = [("EDM teacher", "heun", 18), ("EDM teacher", "heun", 2), ("EDM teacher", "heun", 3),
                 ("EDM teacher", "euler", 1), ("EDM teacher", "euler", 2), ("EDM teacher", "euler", 4)]
-    rows = []
+    from fsg.data import sample_toy
+    import torch
+    fresh = sample_toy("moons", n, torch.Generator().manual_seed(1))
+    rows = [{"data": "toy:moons", "model": "fresh data (floor)", "sampler": "-", "nfe": 0, **toy_distances(fresh)}]
     t = load_model(teacher)
     for name, sampler, steps in settings:
         x, nfe, sec = sample_timed(t, n, n, sampler=sampler, steps=steps)
