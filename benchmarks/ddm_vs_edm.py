@@ -57,16 +57,19 @@ def rows_for(data: str, models: dict, n: int, seeds: int, metric) -> list[dict]:
     return rows
 
 
+def trained_pair(runs: Path, data: str, max_steps: int | None) -> dict:
+    """The EDM and DDM models of recipes/tiny/{edm,ddm}_<data>.yaml, trained into runs/ when missing."""
+    return {name: load_model(ensure_run("train-diffusion", f"recipes/tiny/{name.lower()}_{data}.yaml",
+                                        runs / f"{name.lower()}_{data}", max_steps=max_steps))
+            for name in ("EDM", "DDM")}
+
+
 def toy(runs: Path, max_steps: int | None, n: int, seeds: int) -> list[dict]:
-    models = {"EDM": load_model(ensure_run("train-diffusion", "recipes/tiny/edm_toy.yaml", runs / "edm_toy", max_steps=max_steps)),
-              "DDM": load_model(ensure_run("train-diffusion", "recipes/tiny/ddm_toy.yaml", runs / "ddm_toy", max_steps=max_steps))}
-    return rows_for("toy:moons (SW2)", models, n, seeds, lambda x: toy_distances(x)["sw"])
+    return rows_for("toy:moons (SW2)", trained_pair(runs, "toy", max_steps), n, seeds, lambda x: toy_distances(x)["sw"])
 
 
 def digits(runs: Path, max_steps: int | None, n: int) -> list[dict]:
-    models = {"EDM": load_model(ensure_run("train-diffusion", "recipes/tiny/edm_digits.yaml", runs / "edm_digits", max_steps=max_steps)),
-              "DDM": load_model(ensure_run("train-diffusion", "recipes/tiny/ddm_digits.yaml", runs / "ddm_digits", max_steps=max_steps))}
-    return rows_for("digits16 (FID)", models, n, 1, digits_fid)
+    return rows_for("digits16 (FID)", trained_pair(runs, "digits", max_steps), n, 1, digits_fid)
 
 
 def verdict(rows: list[dict]) -> list[str]:

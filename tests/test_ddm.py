@@ -95,11 +95,11 @@ def test_drift_by_hand_and_first_order_identity():
     t, s = 0.64, 0.24
     x, C, eps, K = (torch.randn(3, generator=gen(i), dtype=torch.float64) for i in range(4))
     h = {"C": C, "eps": eps, "K": K}
-    assert torch.allclose(DDMProcess().drift(h, t, x), C + eps / 0.8)
-    assert torch.allclose(DDMConst2Process().drift(h, t, x), C + 2 * eps)
-    assert torch.allclose(DDMLinearProcess().drift(h, t, x), K * t + C + eps / 0.8)
+    assert torch.allclose(DDMProcess().drift(h, t), C + eps / 0.8)
+    assert torch.allclose(DDMConst2Process().drift(h, t), C + 2 * eps)
+    assert torch.allclose(DDMLinearProcess().drift(h, t), K * t + C + eps / 0.8)
     mean, _ = DDMProcess().posterior(x, h, t, t - s)
-    assert torch.allclose(mean, x - s * DDMProcess().drift(h, t, x))
+    assert torch.allclose(mean, x - s * DDMProcess().drift(h, t))
 
 
 def test_last_step_lands_on_x0_without_noise():
@@ -304,13 +304,13 @@ def test_method_rejects_a_non_ddm_process():
 # ---------------------------------------------------------------- train -> sample
 
 def test_train_then_sample_uses_the_ddm_sampler(tmp_path):
-    from fsg.cli.train import run_training
     from fsg.io.checkpoint import read_model
     from fsg.sampling.write import run_sampling
+    from fsg.train.run import train
 
     run = tmp_path / "ddm"
-    run_training("train-diffusion", ROOT / "recipes/tiny/ddm_toy.yaml", ["train.batch_size=64", "network.hidden=32"],
-                 run, "cpu", None, 20, None, progress=False)
+    train("train-diffusion", ROOT / "recipes/tiny/ddm_toy.yaml", ["train.batch_size=64", "network.hidden=32"],
+          run_dir=run, device="cpu", max_steps=20, progress=False)
     _, meta = read_model(run / "model.safetensors")
     assert meta["sample"] == {"sampler": "ddm", "steps": 10} and meta["out_channels"] == 4
     report = run_sampling(run, 200, out=tmp_path / "s.npz", grid=None, device="cpu")

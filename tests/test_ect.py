@@ -77,6 +77,23 @@ def test_sct_target_equals_ect_with_a_one_sample_reference_batch(labels):
     assert sct_logs["target_var"] == ect_logs["target_var"] == 0.0
 
 
+def test_dropped_labels_train_the_unconditional_target():
+    """label_dropout = 1 (classifier-free guidance, every label dropped): the net sees the null label and the
+    score identity uses the whole batch, so the loss is the unlabeled batch's (after the same label draw)."""
+    from types import SimpleNamespace
+
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(5))
+    recipe = SimpleNamespace(train=SimpleNamespace(label_dropout=1.0))
+    model = _model(num_classes=10)
+    method = SCTMethod(SCTConfig(), model, EDMProcess(), recipe=recipe)
+    labeled = method.loss({"model": model}, {"x": x, "label": torch.arange(16) % 10}, 5, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    torch.rand(16, generator=gen)                                       # the draw of drop_labels
+    unlabeled = method.loss({"model": model}, {"x": x}, 5, gen)
+    assert labeled[0]["model"].item() == unlabeled[0]["model"].item()
+    assert labeled[1]["target_var"] == unlabeled[1]["target_var"]
+
+
 def test_sct_lowers_the_logged_target_variance():
     batch = {"x": torch.randn(256, 2, generator=torch.Generator().manual_seed(2))}
     _, ect_logs = _loss(ECTMethod, ECTConfig(), batch)

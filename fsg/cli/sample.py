@@ -38,7 +38,7 @@ def sample(
     class_label: Annotated[Optional[int], typer.Option(help="Class of every sample (class-conditional models).")] = None,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = off).")] = 1.0,
     edge_skip: Annotated[float, typer.Option(help="Consistency: SCT edge-skipping eta in [0, 1] (0 = Algorithm 1).")] = 0.0,
-    cond: Annotated[Optional[Path], typer.Option(help="Bridge models: condition images, a DIR or FILE.npz (cond, else arr_0); default: the held-out split of the model's data.")] = None,
+    cond: Annotated[Optional[Path], typer.Option(help="Bridge models: condition images, a DIR, a FILE.npz (cond, else arr_0) or data:train|data:test (a split of the model's data); default: data:test.")] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Sample from a model; prints the exact NFE per sample.

@@ -81,7 +81,8 @@ class BridgeProcess:
 
     # ---------------------------------------------------------------- PF-ODE and reverse SDE
     def h_term(self, x: torch.Tensor, y: torch.Tensor, t) -> torch.Tensor:
-        """h = grad log p(x_T = y | x_t) = -(x_t - alpha_bar_t y) / (alpha_t^2 rho_bar_t^2) (Sec. 3.1 of Zhou et al. 2024)."""
+        """h = grad log p(x_T = y | x_t) = -(x_t - alpha_bar_t y) / (alpha_t^2 rho_bar_t^2), the Doob h-transform's term
+        (Zhou et al. 2024; DBIM's `get_d`)."""
         alpha, alpha_bar, _, rho_bar = (_per_sample(v, x) for v in self.alpha_rho(torch.as_tensor(t).double()))
         return -(x - alpha_bar * y) / (alpha**2 * rho_bar**2)
 
@@ -92,8 +93,8 @@ class BridgeProcess:
 
     def drift(self, x: torch.Tensor, y: torch.Tensor, x0_hat: torch.Tensor, t, stochastic: bool = False,
               w: float = 1.0) -> torch.Tensor:
-        """Reverse-time drift f x - g^2 (s - w h) (SDE) or f x - g^2 (s / 2 - w h) (PF-ODE), Eq. 9/10 of
-        Zhou et al. 2024; w is DDBM's guidance weight on the h-term (1 recovers the exact bridge)."""
+        """Reverse-time drift f x - g^2 (s - w h) (SDE) or f x - g^2 (s / 2 - w h) (PF-ODE) of the bridge (Zhou et al.
+        2024; DDBM's `get_d_vp`, DBIM's `get_d`); w is DDBM's guidance weight on the h-term (1: the exact bridge)."""
         f, g2 = (_per_sample(v, x) for v in self.f_g2(torch.as_tensor(t).double()))
         s = self.score(x, y, x0_hat, t)
         return f * x - g2 * ((1.0 if stochastic else 0.5) * s - w * self.h_term(x, y, t))
@@ -104,7 +105,8 @@ class BridgeProcess:
 
 
 class DDBMPreconditioning:
-    """EDM's preconditioning generalised to bridges (Sec. 3.3 of Zhou et al. 2024), generic in (a, b, c):
+    """EDM's preconditioning generalised to bridges (Zhou et al. 2024; DDBM's `get_bridge_scalings`, DBIM's
+    `DDBMPreCond`), generic in (a, b, c):
     A = a^2 s_T^2 + b^2 s_0^2 + 2 a b s_0T + c^2, c_in = 1/sqrt(A), c_skip = (b s_0^2 + a s_0T) / A,
     c_out = sqrt(a^2 (s_T^2 s_0^2 - s_0T^2) + s_0^2 c^2) / sqrt(A), c_noise = ln(t) / 4 (DDBM's 250 ln t up
     to the network's fixed scale of 1000). Needs fields sigma_data (s_0), sigma_data_end (s_T) and cov_xy (s_0T)."""
@@ -246,7 +248,7 @@ def bridge_sample(process: BridgeProcess, x0: torch.Tensor, y: torch.Tensor, t, 
 
 def dbim_step(process: BridgeProcess, x_s: torch.Tensor, x0_hat: torch.Tensor, y: torch.Tensor, s, t,
               eta: float = 0.0, z: torch.Tensor | None = None) -> torch.Tensor:
-    """One DBIM step from s to t < s (Eq. 9 of Zheng et al. 2025):
+    """One DBIM step from s to t < s (Zheng et al. 2025; DBIM's `sample_dbim`):
 
     x_t = a_t y + b_t x0_hat + sqrt(c_t^2 - omega^2) eps_hat + omega z,  eps_hat = (x_s - a_s y - b_s x0_hat) / c_s,
     omega = eta alpha_t rho_t sqrt(1 - rho_t^2 / rho_s^2). eta = 0 is the deterministic first-order bridge ODE
@@ -267,7 +269,7 @@ def dbim_step(process: BridgeProcess, x_s: torch.Tensor, x0_hat: torch.Tensor, y
 
 
 def log_snr_ratio(process: BridgeProcess, t) -> torch.Tensor:
-    """lambda_t = log(b_t / c_t), the time variable of DBIM's exponential integrator (Sec. 4.2 of Zheng et al. 2025)."""
+    """lambda_t = log(b_t / c_t), the time variable of DBIM's exponential integrator (Zheng et al. 2025)."""
     _, b, c = process.coefficients(torch.as_tensor(t).double())
     return (b / c).log()
 
@@ -281,7 +283,7 @@ def dbim_high_order_step(process: BridgeProcess, x_s: torch.Tensor, y: torch.Ten
 
     with D0 = x0_hats[0] (the estimate at s) and D1, D2 its first and second lambda-derivatives by backward
     differences over the earlier estimates x0_hats[1:] at `prev_times` (newest first). 1, 2 or 3 estimates
-    give orders 1, 2, 3 (DBIM's `sample_dbim_high_order`, Sec. 4.2 of Zheng et al. 2025); order 1 is
+    give orders 1, 2, 3 (DBIM's `sample_dbim_high_order`, Zheng et al. 2025); order 1 is
     `dbim_step` with eta = 0.
     """
     lam = [log_snr_ratio(process, u) for u in (t, s, *prev_times)]     # lambda_t, lambda_s, lambda_u1, lambda_u2

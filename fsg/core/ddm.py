@@ -6,11 +6,11 @@ variance ("zero to noise"):
 
     x_t = x0 + H_t + N_t,   N_t = W_{v(t)} ~ N(0, v(t) I),   t in [t_eps, 1],   x_1 = N_1 ~ N(0, I).
 
-| process      | attenuation h_t             | v(t) | x_t                                   | reference code              |
-|--------------|-----------------------------|------|---------------------------------------|-----------------------------|
-| `ddm`        | C = -x0                     | t    | (1 - t) x0 + sqrt(t) eps              | DDM ddm/ddm_const.py        |
-| `ddm-linear` | K t + C, C = -x0 - K/2      | t    | x0 + K t^2/2 + C t + sqrt(t) eps      | DDM ddm/ddm_linear.py       |
-| `ddm-const2` | C = -x0                     | t^2  | (1 - t) x0 + t eps                    | ADM-Public ddm/ddm_const_2.py |
+| process      | attenuation h_t        | v(t) | x_t                              | reference code                |
+|--------------|------------------------|------|----------------------------------|-------------------------------|
+| `ddm`        | C = -x0                | t    | (1 - t) x0 + sqrt(t) eps         | DDM-Public ddm/ddm_const.py   |
+| `ddm-linear` | K t + C, C = -x0 - K/2 | t    | x0 + K t^2/2 + C t + sqrt(t) eps | DDM-Public ddm/ddm_linear.py  |
+| `ddm-const2` | C = -x0                | t^2  | (1 - t) x0 + t eps               | ADM-Public ddm/ddm_const_2.py |
 
 The network has one output group per predicted quantity, in the order `outputs` ((C, eps), or
 (K, C, eps) for `ddm-linear`), stacked on the channel axis; every process turns a prediction into
@@ -52,6 +52,11 @@ class DecoupledProcess:
     default_steps = 10
     t_eps: float
 
+    @property
+    def out_multiplier(self) -> int:
+        """Output channels of the network per data channel: one group per head."""
+        return len(self.outputs)
+
     def noise_var(self, t):
         """v(t), the variance of the noise N_t."""
         return t**self.noise_power
@@ -81,7 +86,7 @@ class DecoupledProcess:
         c_in, c_noise, skips, outs = self.scalings(t)
         nd = x.ndim
         F = net(append_dims(c_in, nd) * x, c_noise.flatten(), labels, cond).to(x.dtype)   # (N, m C, ...)
-        m = len(self.outputs)
+        m = self.out_multiplier
         if F.shape[1] != m * x.shape[1]:
             raise UserError(f"process '{self.name}' needs a network with {m} x {x.shape[1]} output channels "
                             f"({', '.join(self.outputs)}), this one has {F.shape[1]}")
@@ -107,10 +112,10 @@ class DecoupledProcess:
         mean = x + self.attenuation(uu, h) - self.attenuation(tt, h) - (v_t - v_u) / v_t.sqrt() * h["eps"]
         return mean, (v_u * (v_t - v_u) / v_t).sqrt()
 
-    def drift(self, h: Heads, t, x: torch.Tensor) -> torch.Tensor:
+    def drift(self, h: Heads, t) -> torch.Tensor:
         """d = H'_t + v'(t) / sqrt(v(t)) eps, so that x_{t-s} ~ x_t - s d to first order (the reverse drift the
         reference's second-order sampler corrects; for `ddm` d = C + eps / sqrt(t))."""
-        tt = _at(t, x)
+        tt = _at(t, h["eps"])
         dv = self.noise_power * tt ** (self.noise_power - 1)
         return self.attenuation_rate(tt, h) + dv / self.noise_var(tt).sqrt() * h["eps"]
 

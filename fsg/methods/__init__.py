@@ -8,6 +8,7 @@ from fsg.methods.ct import CTConfig, CTMethod
 from fsg.methods.ddm import DDMConfig, DDMMethod
 from fsg.methods.diffusion import DiffusionConfig, DiffusionMethod
 from fsg.methods.ect import ECTConfig, ECTMethod, SCTConfig, SCTMethod
+from fsg.methods.pagoda import PaGoDAConfig, PaGoDAMethod
 
 METHODS = {
     "diffusion": (DiffusionConfig, DiffusionMethod),
@@ -18,6 +19,7 @@ METHODS = {
     "ddm": (DDMConfig, DDMMethod),
     "ect": (ECTConfig, ECTMethod),
     "sct": (SCTConfig, SCTMethod),
+    "pagoda": (PaGoDAConfig, PaGoDAMethod),
 }
 
 METHOD_CONFIGS = [cfg for cfg, _ in METHODS.values()]

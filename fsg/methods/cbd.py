@@ -23,7 +23,7 @@ from fsg.methods.consistency import ConsistencyMethod
 @dataclass(frozen=True)
 class CBDConfig:
     name: Literal["cbd"] = "cbd"
-    schedule: Literal["constant", "sigmoid"] = "constant"  # r(t): t - dt with lambda = 1, or the shrinking sigmoid gap with lambda = 1/(t - r)
+    schedule: Literal["constant", "sigmoid"] = "constant"  # r(t) = t - dt, lambda = 1; or a shrinking gap, lambda = 1/(t - r)
     dt: float = 1 / 60                       # constant gap in t (the paper ablates 1/9 ... 1/120 with T = 1)
     b: float = 20.0                          # sigmoid schedule: steepness of sigmoid(-b t) (the paper: 1 ... 50)
     k: float = 8.0                           # sigmoid schedule: weight of the sigmoid term (ECT's k)

@@ -21,9 +21,9 @@ from fsg.methods.cbd import BridgeConsistencyMethod
 @dataclass(frozen=True)
 class CBTConfig:
     name: Literal["cbt"] = "cbt"
-    schedule: Literal["constant", "sigmoid"] = "sigmoid"  # r(t): t - dt with lambda = 1, or the shrinking sigmoid gap with lambda = 1/(t - r)
+    schedule: Literal["constant", "sigmoid"] = "sigmoid"  # r(t) = t - dt, lambda = 1; or a shrinking gap, lambda = 1/(t - r)
     dt: float = 1 / 60                       # constant gap in t (the paper ablates 1/9 ... 1/120 with T = 1)
-    b: float = 20.0                          # sigmoid schedule: steepness of sigmoid(-b t) (the paper: 20 or 50 work across tasks)
+    b: float = 20.0                          # sigmoid schedule: steepness of sigmoid(-b t) (paper: 20 or 50 work)
     k: float = 8.0                           # sigmoid schedule: weight of the sigmoid term (ECT's k)
     q: float = 2.0                           # sigmoid schedule: the gap shrinks by q every stage
     stage_steps: int = 10000                 # sigmoid schedule: training steps per stage

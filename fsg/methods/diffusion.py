@@ -25,6 +25,12 @@ class DiffusionMethod(Method):
     name = "diffusion"
     precond = "diffusion"
 
+    def __init__(self, cfg, model, process, **kw):
+        if not hasattr(process, "loss_weight"):
+            from fsg.errors import UserError
+            raise UserError(f"method 'diffusion' does not train process '{process.name}' (use its own method, e.g. method.name: ddm)")
+        super().__init__(cfg, model, process, **kw)
+
     def loss(self, nets, batch, step, gen):
         x0, y = batch["x"], batch.get("cond")
         n = x0.shape[0]

@@ -25,8 +25,8 @@ Choices of fsg:
   the eval scalings is the teacher's (0.002) unless `sigma_min` is set; the reference's ECMPrecond uses
   0.003, which `recipes/ect_cifar10.yaml` sets. The exported process records it, so the consistency sampler
   re-noises with sqrt(t^2 - sigma_min^2) around the same boundary.
-- SCT parts, pinned only to the paper's abstract and summaries (arXiv 2410.18958; its text and code were
-  not readable here, see the report): the variance-reduced target is the self-normalised score-identity
+- SCT parts, pinned only to the paper's abstract and summaries (arXiv 2410.18958; its full text and code
+  were not available when this was written): the variance-reduced target is the self-normalised score-identity
   estimate above over the current (micro-)batch of this rank, the Stable Target Field form (Xu et al.
   2023); with class labels a sample whose label was kept uses only same-class references and a sample
   whose label was dropped (classifier-free guidance) the whole batch. The smoother schedule makes ECT's
@@ -137,6 +137,8 @@ class ECTMethod(Method):
     default_steps = 1
 
     def __init__(self, cfg, model, process, *, teacher=None, recipe=None):
+        if cfg.double_steps < 1:
+            raise UserError(f"method.double_steps must be at least 1, got {cfg.double_steps}")
         process = tuning_process(process, cfg.sigma_min)
         model.process = process
         # build_run copied the teacher's weights into `model`; the loss never calls the teacher, so it is not kept.

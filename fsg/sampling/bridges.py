@@ -9,12 +9,13 @@ batch's conditions. NFE, counted by `CountingDenoiser` (the boot evaluation incl
     cdbm (steps = NFE = K >= 2)                             K
 
 They register in `fsg.sampling.generate.EXTRA_SAMPLERS`; `condition_source` gives the conditions of
-`fsg sample --cond DIR|FILE.npz`, or by default the held-out split of the model's recorded training data.
+`fsg sample --cond DIR|FILE.npz|data:train|data:test`, by default the held-out split of the model's data.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -32,6 +33,7 @@ from fsg.sampling.noise import SampleNoise
 from fsg.sampling.samplers import CountingDenoiser
 
 Conditions = Callable[[Sequence[int]], torch.Tensor]   # sample indices -> their condition batch
+DATA_SPLITS = {"data:train": "train", "data:test": "test"}   # --cond values naming a split of the model's data
 
 
 # ------------------------------------------------------------------------------------------- samplers
@@ -62,7 +64,7 @@ def _boot(denoise, y, times, noise, process):
 
 
 def sample_dbim(denoise, x, times, noise, process: BridgeProcess, eta: float = 0.0):
-    """DBIM (Algorithm 1 of Zheng et al. 2025): boot at times[0] = T, then `dbim_step` over times[1:]; the
+    """DBIM (Zheng et al. 2025; DBIM's `sample_dbim`): boot at times[0] = T, then `dbim_step` over times[1:]; the
     last step adds no noise. eta = 0 is deterministic given the booting noise."""
     y = x
     x = _boot(denoise, y, times, noise, process)
@@ -103,15 +105,8 @@ def sample_cdbm(denoise, x, times, noise, process: BridgeProcess):
     return x0_hat
 
 
-def _dbim2(denoise, x, times, noise, process):
-    return sample_dbim_high_order(denoise, x, times, noise, process, order=2)
-
-
-def _dbim3(denoise, x, times, noise, process):
-    return sample_dbim_high_order(denoise, x, times, noise, process, order=3)
-
-
-BRIDGE_SAMPLERS = {"hybrid": sample_hybrid, "dbim": sample_dbim, "dbim2": _dbim2, "dbim3": _dbim3, "cdbm": sample_cdbm}
+BRIDGE_SAMPLERS = {"hybrid": sample_hybrid, "dbim": sample_dbim, "dbim2": partial(sample_dbim_high_order, order=2),
+                   "dbim3": partial(sample_dbim_high_order, order=3), "cdbm": sample_cdbm}
 
 
 # ------------------------------------------------------------------------------------------- plans
@@ -124,8 +119,8 @@ class BridgePlan(SamplerPlan):
 
     def initial(self, noise, shape, cond=None) -> torch.Tensor:
         if cond is None:
-            raise UserError("a bridge model samples from condition images: give them with --cond DIR|FILE.npz "
-                            "(or sample a model whose recorded data has a held-out split)")
+            raise UserError("a bridge model samples from condition images and none were given "
+                            "(fsg sample: --cond DIR|FILE.npz|data:train|data:test)")
         if tuple(cond.shape) != tuple(shape):
             raise UserError(f"the conditions have shape {tuple(cond.shape[1:])}, but this bridge starts from x_T = y "
                             f"of the sample's shape {tuple(shape[1:])}")
@@ -197,8 +192,9 @@ EXTRA_SAMPLERS.update({
 
 # ------------------------------------------------------------------------------------------- conditions
 
-def held_out_conds(meta: dict) -> Conditions:
-    """Condition i = item i mod M of the 'test' split of the model's recorded data (`meta["data"]`)."""
+def data_conds(meta: dict, split: str = "test") -> Conditions:
+    """Condition i = the condition of item i mod M of `split` of the model's recorded data (`meta["data"]`):
+    the held-out 'test' split by default, or 'train' (DDBM's protocol measures FID on the training pairs)."""
     from fsg.data import build_dataset
     from fsg.data.config import DataConfig
     from fsg.io.config import ConfigError, from_dict
@@ -207,14 +203,14 @@ def held_out_conds(meta: dict) -> Conditions:
         raise UserError("this bridge model records no training data (an imported checkpoint?): "
                         "give the conditions with --cond DIR|FILE.npz")
     try:
-        test = build_dataset(from_dict(DataConfig, meta["data"]), "test")
+        items = build_dataset(from_dict(DataConfig, meta["data"]), split)
     except (UserError, ConfigError) as e:
-        raise UserError(f"no held-out conditions in the model's data ({e}); give them with --cond DIR|FILE.npz") from None
-    if test.cond_shape is None:
-        raise UserError(f"the model's data ({test.name}) has no condition images; give them with --cond DIR|FILE.npz")
+        raise UserError(f"no '{split}' conditions in the model's data ({e}); give them with --cond DIR|FILE.npz") from None
+    if items.cond_shape is None:
+        raise UserError(f"the model's data ({items.name}) has no condition images; give them with --cond DIR|FILE.npz")
 
     def conds(indices: Sequence[int]) -> torch.Tensor:
-        return torch.stack([test[int(i) % len(test)]["cond"] for i in indices])
+        return torch.stack([items[int(i) % len(items)]["cond"] for i in indices])
     return conds
 
 
@@ -250,10 +246,13 @@ def file_conds(path: Path, shape: tuple[int, ...]) -> Conditions:
     return lambda indices: items[[int(i) % len(items) for i in indices]]
 
 
-def condition_source(model: LoadedModel, cond: Path | None) -> Conditions:
-    """The conditions of a bridge model: from `cond` (folder or .npz) or the held-out split of its data."""
-    shape = (model.meta.get("cond_channels", 0), *model.shape[1:]) if len(model.shape) == 3 else (model.meta.get("cond_channels", 0),)
-    return file_conds(cond, shape) if cond is not None else held_out_conds(model.meta)
+def condition_source(model: LoadedModel, cond: Path | str | None) -> Conditions:
+    """The conditions of a bridge model: a folder or .npz, `data:train` / `data:test` (a split of the model's
+    recorded data), or by default its held-out 'test' split."""
+    if cond is None or str(cond) in DATA_SPLITS:
+        return data_conds(model.meta, DATA_SPLITS.get(str(cond), "test"))
+    shape = (model.meta.get("cond_channels", 0), *model.shape[1:])
+    return file_conds(Path(cond), shape)
 
 
 # ------------------------------------------------------------------------------------------- interpolation

@@ -9,7 +9,6 @@ Registers two samplers in `EXTRA_SAMPLERS`, the default of every model trained w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -38,13 +37,11 @@ def sample_ddm(denoise, x, times, noise, process, clip: bool = False, second_ord
         z = noise.randn(x.shape, x.dtype)
         if second_order:
             h_next = predict(denoise, process, mean + std * z, u, clip)
-            d_prime = process.drift(h_next, u, x)
-            mean = x - (t - u) * 0.5 * (process.drift(h, t, x) + d_prime)  # Apply 2nd order correction.
+            mean = x - (t - u) * 0.5 * (process.drift(h, t) + process.drift(h_next, u))  # Apply 2nd order correction.
         x = mean + std * z
     return x
 
 
-@dataclass
 class DDMPlan(SamplerPlan):
     """Starts from x_1 ~ N(0, I) (the base `initial`: times[0] = 1) and runs `sample_ddm`; x0_hat is clamped for
     images only (`clip` and a 4-D batch), as the reference does for pixels."""

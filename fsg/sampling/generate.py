@@ -78,6 +78,9 @@ def plan_sampler(model: LoadedModel, sampler: str | None = None, steps: int | No
     if name not in SAMPLERS:
         raise UserError(f"unknown sampler '{name}' (available: {', '.join([*SAMPLERS, *EXTRA_SAMPLERS])})")
     p = model.process
+    if not hasattr(p, "sigma_max"):
+        raise UserError(f"sampler '{name}' integrates the EDM-family ODE; this {p.name} model samples with "
+                        f"'{default_name}' (the default) or {', '.join(EXTRA_SAMPLERS)}")
     if name == "consistency":
         if model.denoiser.precond == "diffusion":
             raise UserError("the consistency sampler needs a consistency model; this is a diffusion model (use heun or euler)")

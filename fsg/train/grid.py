@@ -12,13 +12,22 @@ from fsg.nets.load import LoadedModel
 
 def grid_writer(meta: dict, n: int, device: torch.device):
     """A function (denoiser, path) -> None that samples `n` items (seed 0) and writes a PNG."""
+    from fsg.errors import UserError
     from fsg.sampling.generate import iter_samples
+
+    conds = None
+    if meta.get("cond_channels"):      # a bridge: its grid maps held-out (else training) conditions
+        from fsg.sampling.bridges import data_conds
+        try:
+            conds = data_conds(meta, "test")
+        except UserError:
+            conds = data_conds(meta, "train")
 
     def write(denoiser, path: Path) -> None:
         was_training = denoiser.training
         denoiser.eval()
         model = LoadedModel(denoiser, meta, path)
-        stream = iter_samples(model, n, seed=0, batch_size=n, device=device)
+        stream = iter_samples(model, n, seed=0, batch_size=n, device=device, conds=conds)
         samples = torch.cat([x for _, x, _ in stream])
         save_samples_png(samples, path)
         denoiser.train(was_training)

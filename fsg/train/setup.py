@@ -79,7 +79,7 @@ def build_run(recipe, command: str, device: torch.device, teacher: str | Path | 
         process = start.process
     else:
         net_cfg = recipe.network
-        out_ch = shape[0] * getattr(method_cls, "out_multiplier", 1)
+        out_ch = shape[0] * getattr(recipe.process, "out_multiplier", getattr(method_cls, "out_multiplier", 1))
         net = net_cfg.build(shape, out_ch, cond_ch, num_classes)
         process = recipe.process
     model = Denoiser(net, process, method_cls.precond).to(device)
