@@ -90,6 +90,11 @@ def eval_fid(
     if ref is None:
         raise UserError("--ref is required (a folder, .npz, stats .npz, cifar10-train, digits or mnist5k)")
     rank, world = 0, 1
+    if samples is None and model is None:
+        from fsg.nets.load import BUNDLED_MODEL
+
+        model = BUNDLED_MODEL
+        typer.echo("no --samples or --model given: generating with the bundled digits consistency model (assets/cd_digits)", err=True)
     if model is not None:
         from fsg.train.dist import init_distributed
 
