@@ -554,3 +554,15 @@ def test_cbd_starts_from_a_public_ddbm_state_dict(tmp_path):
     _, meta = read_model(run / "model.safetensors")
     assert (meta["method"], meta["precond"], meta["process"]["name"]) == ("cbd", "consistency", "bridge-vp")
     assert meta["sample"] == {"sampler": "cdbm", "steps": 2} and meta["cond_channels"] == 3
+
+
+def test_interpolate_command_on_a_bridge_model(tmp_path):
+    ddbm, cbd = tmp_path / "ddbm", tmp_path / "cbd"
+    _invoke("train-diffusion", "--recipe", RECIPES / "tiny/ddbm_toy.yaml", "--run-dir", ddbm, "--max-steps", 2,
+            "--device", "cpu", "--no-progress")
+    _invoke("distill", "--teacher", ddbm, "--recipe", RECIPES / "tiny/cbd_toy.yaml", "--run-dir", cbd, "--max-steps", 1,
+            "--device", "cpu", "--no-progress")
+    result = _invoke("interpolate", "--model", cbd, "--n-points", 5, "--seeds", "0,1", "--out", tmp_path / "i.png",
+                     "--device", "cpu")
+    assert "interpolate (bridge): 5 points, NFE 2 each" in result.output
+    assert (tmp_path / "i.png").stat().st_size > 0

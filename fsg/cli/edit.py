@@ -153,13 +153,16 @@ def interpolate(
     n_points: Annotated[int, typer.Option("--n-points", "-n", help="Points on the path, endpoints included.")] = 8,
     seeds: SeedsOpt = "0,1", latents: LatentsOpt = None,
     steps: DecodeStepsOpt = None, timesteps: TimestepsOpt = None, class_label: ClassOpt = None,
+    cond: Annotated[Optional[str], typer.Option(help="Bridge models: the condition (DIR/FILE.npz/data:test; its first item).")] = None,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Spherical interpolation between two noise latents, decoded in one (or K) consistency steps.
+    """Spherical interpolation between two noise latents, decoded in one (or K) consistency steps; for a
+    bridge model, semantic interpolation in data space (fixed condition, slerped recorded noises).
 
     Examples:
       fsg interpolate --model runs/cd_digits --n-points 10 --seeds 3,7 --out interp.png
       fsg interpolate --model runs/cd_digits --latents a.npy,b.npy --steps 2 --out interp2.png
+      fsg interpolate --model runs/cbd_edges_digits --n-points 8 --seeds 0,1 --out bridge_interp.png
     """
     from fsg.cli.common import resolve_device
     from fsg.errors import UserError
@@ -173,8 +176,34 @@ def interpolate(
         raise UserError(f"--latents takes two files A,B, got '{latents}'")
     if model is None:
         _say("no --model given: using the bundled digits consistency model (assets/cd_digits)")
+    if model is not None and _is_bridge(model):
+        _interpolate_bridge(model, n_points, out, (pair[0], pair[1]), steps, class_label, cond, resolve_device(device))
+        return
     report = run_interpolation(model, n_points, out, seeds=(pair[0], pair[1]),
                                latents=None if files is None else (files[0], files[1]), steps=steps,
                                timesteps=_int_list(timesteps), class_label=class_label, device=resolve_device(device))
     typer.echo(f"interpolate: {report['n']} points, NFE {report['nfe']} each, {report['seconds']:.2f} s")
+    typer.echo(f"wrote {out}")
+
+
+def _is_bridge(path: Path) -> bool:
+    from fsg.nets.load import load_model
+
+    return bool(load_model(path).meta.get("cond_channels"))
+
+
+def _interpolate_bridge(path, n_points, out, seeds, steps, class_label, cond, device) -> None:
+    """The condition, then the path between the two seeds' samples, in one row."""
+    import torch
+
+    from fsg.io.images import save_samples_png
+    from fsg.nets.load import load_model
+    from fsg.sampling.bridges import condition_source, interpolate_bridge
+
+    model = load_model(path, device)
+    y = condition_source(model, cond)([0])[0]
+    path_x, nfe = interpolate_bridge(model, y, n_points, seeds=seeds, steps=steps, class_label=class_label, device=device)
+    row = path_x if path_x.ndim == 2 else torch.cat([y[None, : path_x.shape[1]].cpu(), path_x.cpu()])
+    save_samples_png(row, out, nrow=len(row))
+    typer.echo(f"interpolate (bridge): {n_points} points, NFE {nfe} each")
     typer.echo(f"wrote {out}")
