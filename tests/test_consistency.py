@@ -22,7 +22,7 @@ def _cd_loss(num_scales, solver="heun"):
     gen = torch.Generator().manual_seed(0)
     x0 = S * torch.randn(4096, 2, generator=gen, dtype=torch.float64)
     losses, logs = method.loss({"model": student}, {"x": x0}, 0, gen)
-    return float(losses["model"])
+    return float(losses["model"].detach())
 
 
 def test_cd_loss_vanishes_for_the_exact_consistency_function():
