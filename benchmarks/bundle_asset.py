@@ -9,7 +9,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
 
 from fsg.io.checkpoint import read_model, save_model
 

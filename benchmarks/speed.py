@@ -15,7 +15,6 @@ recipes/tiny/edm_digits.yaml by default).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path

@@ -7,7 +7,7 @@ pick the dataclass that validates the rest of the section.
 from __future__ import annotations
 
 import typing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union
 
@@ -108,7 +108,3 @@ def load_recipe(path: str | Path | None, overrides: typing.Sequence[str] = (), d
 
 def recipe_yaml(recipe: Recipe) -> str:
     return dump_yaml(recipe)
-
-
-def with_overrides(recipe: Recipe, **sections) -> Recipe:
-    return replace(recipe, **sections)

@@ -1,6 +1,5 @@
 """Consistency losses against closed forms on Gaussian data."""
 
-import math
 
 import pytest
 import torch

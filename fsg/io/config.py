@@ -14,7 +14,6 @@ import dataclasses
 import difflib
 import re
 import types
-import typing
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 
 from fsg.core.processes import append_dims, randn
 from fsg.methods.base import Method, batch_labels, drop_labels
