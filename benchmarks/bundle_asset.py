@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 
@@ -24,4 +23,10 @@ def main(run: str, dest: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", help="run folder (or model file) to bundle")
+    ap.add_argument("dest", help="destination folder under assets/")
+    args = ap.parse_args()
+    main(args.run, args.dest)
