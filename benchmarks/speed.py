@@ -98,7 +98,7 @@ def training_rows(batch: int, repeats: int) -> list[dict]:
                              train=TrainConfig(batch_size=batch, ema=(0.999,)), sample=r.sample)
         method = method_cls(cfg_cls(), student.denoiser.train(), r.process,
                             teacher=teacher.denoiser if method_cls.needs_teacher else None, recipe=recipe)
-        trainer = Trainer(recipe, method, None, student.meta, RunOptions(Path("/tmp/fsg-bench"), torch.device("cpu"), progress=False))
+        trainer = Trainer(recipe, method, student.meta, RunOptions(Path("/tmp/fsg-bench"), torch.device("cpu"), progress=False))
 
         def fwd_bwd(net=student.denoiser):
             net.zero_grad()

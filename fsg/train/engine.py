@@ -90,9 +90,9 @@ def step_generator(seed: int, step: int, rank: int, micro: int, device: torch.de
 class Trainer:
     """Runs a Method on a BatchStream; `export(step)` writes model.safetensors through `export_fn`."""
 
-    def __init__(self, recipe, method, dataset, model_meta: dict[str, Any], opts: RunOptions,
+    def __init__(self, recipe, method, model_meta: dict[str, Any], opts: RunOptions,
                  sample_grid: Callable[[nn.Module, Path], None] | None = None):
-        self.recipe, self.method, self.dataset, self.meta, self.opts = recipe, method, dataset, model_meta, opts
+        self.recipe, self.method, self.meta, self.opts = recipe, method, model_meta, opts
         self.t = recipe.train
         self.max_steps = opts.max_steps if opts.max_steps is not None else self.t.max_steps
         self.device, self.env = opts.device, opts.env

@@ -55,7 +55,7 @@ def train(command: str, recipe_path, overrides=(), run_dir=None, device: str = "
                                workers=recipe.data.workers, device=dev)
 
         opts = RunOptions(run_dir, dev, env, max_steps, resume, time_budget, requeue, progress)
-        trainer = Trainer(recipe, parts.method, parts.dataset, parts.meta, opts,
+        trainer = Trainer(recipe, parts.method, parts.meta, opts,
                           sample_grid=grid_writer(parts.meta, recipe.sample.grid, dev))
         trainer.fit(stream)
     finally:
