@@ -296,9 +296,9 @@ def test_reverse_sde_keeps_the_bridge_marginal():
 
 # ---------------------------------------------------------------------------------- samplers
 
-def tiny_bridge_model(shape=(1, 8, 8), precond="diffusion", seed=0) -> LoadedModel:
+def tiny_bridge_model(shape=(1, 8, 8), precond="diffusion", seed=0, num_classes=0) -> LoadedModel:
     torch.manual_seed(seed)
-    meta = tiny_meta(shape=shape, precond=precond, cond_channels=shape[0], sampler="dbim", steps=5)
+    meta = tiny_meta(shape=shape, precond=precond, cond_channels=shape[0], sampler="dbim", steps=5, num_classes=num_classes)
     meta["process"] = to_dict(BridgeVPProcess())
     den = build_denoiser(meta).eval()
     with torch.no_grad():  # zero-initialised output layers would make every sample trivial
@@ -566,3 +566,199 @@ def test_interpolate_command_on_a_bridge_model(tmp_path):
                      "--device", "cpu")
     assert "interpolate (bridge): 5 points, NFE 2 each" in result.output
     assert (tmp_path / "i.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------------- sampler knobs on the command line
+
+def _fsg(monkeypatch, capsys, *args):
+    """`fsg ARGS` through the console entry point: (exit code, stdout, stderr); a UserError exits with 2."""
+    import sys
+
+    from fsg.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["fsg", *map(str, args)])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    out = capsys.readouterr()
+    return stop.value.code, out.out, out.err
+
+
+def _saved_bridge(tmp_path, name, **kw):
+    from fsg.io.checkpoint import save_model
+
+    model = tiny_bridge_model(**kw)
+    path = tmp_path / f"{name}.safetensors"
+    save_model(path, model.denoiser.net.state_dict(), model.meta)
+    return path
+
+
+def _cond_npz(tmp_path, shape=(1, 8, 8)):
+    path = tmp_path / "cond.npz"
+    np.savez(path, cond=np.random.default_rng(0).integers(0, 256, (3, shape[1], shape[2], shape[0]), dtype=np.uint8))
+    return path
+
+
+def test_sample_eta_reaches_dbim_and_keeps_the_nfe(tmp_path, monkeypatch, capsys):
+    model, cond = _saved_bridge(tmp_path, "ddbm"), _cond_npz(tmp_path)
+    outputs, samples = [], []
+    for eta in (0, 1):
+        out = tmp_path / f"eta{eta}.npz"
+        code, stdout, _ = _fsg(monkeypatch, capsys, "sample", "--model", model, "--cond", cond, "-n", 3, "--out", out,
+                               "--sampler", "dbim", "--steps", 5, "--eta", eta, "--device", "cpu")
+        assert code == 0
+        outputs.append(stdout)
+        with np.load(out) as f:
+            samples.append(f["arr_0"])
+    assert f"sampler dbim (eta 0), NFE 5," in outputs[0] and "sampler dbim (eta 1), NFE 5," in outputs[1]
+    assert not np.array_equal(samples[0], samples[1])
+
+
+def test_sample_hybrid_knobs_guidance_is_the_h_term_weight(tmp_path, monkeypatch, capsys):
+    """On a class-conditional bridge, --guidance is w of the h-term, not classifier-free guidance (which would
+    double the NFE); --churn-step-ratio 0 drops the churn steps: NFE 2N - 1 instead of 3N - 1."""
+    model, cond = _saved_bridge(tmp_path, "ddbm", num_classes=3), _cond_npz(tmp_path)
+    runs = {}
+    for name, extra in (("default", []), ("w", ["--guidance", 0.5]), ("ode", ["--churn-step-ratio", 0])):
+        out = tmp_path / f"{name}.npz"
+        code, stdout, _ = _fsg(monkeypatch, capsys, "sample", "--model", model, "--cond", cond, "-n", 2, "--out", out,
+                               "--sampler", "hybrid", "--steps", 3, "--class-label", 1, "--device", "cpu", *extra)
+        assert code == 0
+        with np.load(out) as f:
+            runs[name] = (stdout, f["arr_0"])
+    assert "sampler hybrid (churn-step-ratio 0.33, guidance 1), NFE 8," in runs["default"][0]
+    assert "sampler hybrid (churn-step-ratio 0.33, guidance 0.5), NFE 8," in runs["w"][0]
+    assert "sampler hybrid (churn-step-ratio 0, guidance 1), NFE 5," in runs["ode"][0]
+    assert not np.array_equal(runs["default"][1], runs["w"][1])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--sampler", "hybrid", "--eta", 1], "--eta applies to the dbim sampler, not to 'hybrid'"),
+    (["--sampler", "dbim2", "--eta", 0], "--eta applies to the dbim sampler, not to 'dbim2'"),
+    (["--sampler", "dbim", "--churn-step-ratio", 0.2], "--churn-step-ratio applies to the hybrid sampler, not to 'dbim'"),
+    (["--sampler", "dbim", "--guidance", 0.5], "--guidance applies to the hybrid sampler, not to 'dbim'"),
+    (["--sampler", "hybrid", "--churn-step-ratio", 1], "--churn-step-ratio must lie in [0, 1), got 1"),
+    (["--sampler", "dbim", "--eta", -0.5], "--eta must be non-negative, got -0.5"),
+    (["--sampler", "dbim", "--mask", "nowhere.png"], "--mask nowhere.png: expected an image file"),
+])
+def test_sample_knob_errors_are_one_line_with_exit_code_2(tmp_path, monkeypatch, capsys, args, message):
+    model, cond = _saved_bridge(tmp_path, "ddbm"), _cond_npz(tmp_path)
+    code, _, err = _fsg(monkeypatch, capsys, "sample", "--model", model, "--cond", cond, "-n", 2,
+                        "--out", tmp_path / "x.npz", "--device", "cpu", *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_bridge_knobs_do_not_reach_other_samplers(tmp_path, monkeypatch, capsys):
+    from tests.helpers import tiny_model
+
+    with pytest.raises(UserError, match="--eta applies to the dbim sampler, not to 'heun'"):
+        plan_sampler(tiny_model(), "heun", 4, eta=1.0)
+    with pytest.raises(UserError, match="--churn-step-ratio applies to the hybrid sampler, not to 'consistency'"):
+        plan_sampler(tiny_model(precond="consistency"), "consistency", 1, churn_step_ratio=0.5)
+    assert plan_sampler(tiny_model(), "heun", 4, eta=None).name == "heun"
+
+
+# ---------------------------------------------------------------------------------- inpainting: known pixels kept
+
+def _inpainting_model(precond="diffusion", degrade="mask-center"):
+    model = tiny_bridge_model((1, 8, 8), precond)
+    model.meta["data"] = to_dict(DataConfig(source="digits", degrade=degrade, holdout=0.1))
+    return model
+
+
+@pytest.mark.parametrize("sampler,steps,precond", [("hybrid", 3, "diffusion"), ("dbim", 4, "diffusion"),
+                                                   ("dbim2", 5, "diffusion"), ("dbim3", 5, "diffusion"),
+                                                   ("cdbm", 2, "consistency")])
+def test_inpainting_keeps_the_known_pixels_bit_for_bit(sampler, steps, precond):
+    """Outside the centred hole the samples equal the condition y exactly; inside they are generated (y is 0
+    there, the samples are not); the NFE is that of the unmasked sampler."""
+    from fsg.data.degrade import make_mask
+    from fsg.sampling.bridges import mask_source
+    from tests.helpers import collect
+
+    model = _inpainting_model(precond)
+    conds = condition_source(model, None)                              # the held-out digits, centre zeroed
+    masks, kind = mask_source(model, conds)
+    assert kind == "mask-center" and torch.equal(masks([0, 1]), make_mask("center", (2, 1, 8, 8)))
+    x, nfe = collect(model, 4, sampler=sampler, steps=steps, conds=conds, masks=masks)
+    _, plain_nfe = collect(model, 4, sampler=sampler, steps=steps, conds=conds)
+    y, hole = conds(range(4)), make_mask("center", (4, 1, 8, 8)) > 0
+    assert nfe == plain_nfe
+    assert torch.equal(x[~hole], y[~hole])
+    assert bool((y[hole] == 0).all()) and bool((x[hole] != 0).any()) and bool(torch.isfinite(x).all())
+
+
+def test_an_all_hole_mask_changes_nothing_and_an_empty_one_returns_y():
+    """keep_known(x, y, 1) = x and keep_known(x, y, 0) = y, for every x0 estimate and the output."""
+    from tests.helpers import collect, tiny_model
+
+    model, conds = tiny_bridge_model(), _conds((1, 8, 8))
+    plain, _ = collect(model, 3, sampler="dbim", steps=4, eta=1.0, conds=conds)
+    kw = dict(sampler="dbim", steps=4, eta=1.0, conds=conds)
+    ones, _ = collect(model, 3, masks=lambda idx: torch.ones(len(idx), 1, 8, 8), **kw)
+    zeros, _ = collect(model, 3, masks=lambda idx: torch.zeros(len(idx), 1, 8, 8), **kw)
+    assert torch.equal(ones, plain) and torch.equal(zeros, conds(range(3)))
+    with pytest.raises(UserError, match="--mask applies to the bridge samplers"):
+        collect(tiny_model(), 2, sampler="heun", steps=2, masks=lambda idx: torch.ones(len(idx), 1, 8, 8))
+
+
+def test_sample_command_keeps_the_known_pixels(tmp_path, monkeypatch, capsys):
+    from fsg.io.checkpoint import save_model
+
+    model = _inpainting_model()
+    path = tmp_path / "inpaint.safetensors"
+    save_model(path, model.denoiser.net.state_dict(), model.meta)
+    out = tmp_path / "s.npz"
+    code, stdout, _ = _fsg(monkeypatch, capsys, "sample", "--model", path, "-n", 3, "--out", out, "--steps", 4,
+                           "--device", "cpu")
+    assert code == 0 and "NFE 4" in stdout and "known pixels of each condition are kept (mask: mask-center)" in stdout
+    with np.load(out) as f:
+        samples, cond = f["arr_0"], f["cond"]
+    known = np.ones((8, 8), bool)
+    known[2:6, 2:6] = False
+    assert np.array_equal(samples[:, known], cond[:, known]) and not np.array_equal(samples[:, ~known], cond[:, ~known])
+
+
+def test_masks_of_stroke_data_a_mask_file_and_interpolation(tmp_path):
+    """mask-strokes: the masks are the holes the data was made with, cond = x (1 - mask); they are unknown for
+    other conditions unless --mask gives them; a mask image is white on the hole; interpolation keeps y too."""
+    from fsg.sampling.bridges import mask_source
+
+    model = _inpainting_model(degrade="mask-strokes")
+    conds = condition_source(model, Path("data:train"))
+    masks, kind = mask_source(model, conds)
+    items = build_dataset(DataConfig(source="digits", degrade="mask-strokes", holdout=0.1), "train")
+    m = masks([3, 4])
+    assert kind == "mask-strokes" and m.sum() > 0 and not torch.equal(m[0], m[1])
+    for j, mask in zip((3, 4), m):
+        assert torch.equal(items[j]["cond"], items[j]["x"] * (1 - mask))
+    np.savez(tmp_path / "c.npz", cond=np.zeros((2, 8, 8, 1), np.uint8))
+    with pytest.raises(UserError, match="--mask"):
+        mask_source(model, condition_source(model, tmp_path / "c.npz"))
+    picture = np.zeros((16, 16), np.uint8)
+    picture[:8] = 255                                                    # the top half is the hole
+    Image.fromarray(picture).save(tmp_path / "hole.png")
+    masks, kind = mask_source(model, conds, tmp_path / "hole.png")
+    expected = torch.zeros(2, 1, 8, 8)
+    expected[:, :, :4] = 1
+    assert kind == str(tmp_path / "hole.png") and torch.equal(masks([0, 7]), expected)
+
+    center = _inpainting_model("consistency")
+    y = condition_source(center, None)([0])[0]
+    path, _ = interpolate_bridge(center, y, 3, sampler="cdbm", steps=2)
+    hole = torch.zeros(8, 8, dtype=torch.bool)
+    hole[2:6, 2:6] = True
+    assert torch.equal(path[:, :, ~hole], y[None, :, ~hole].expand(3, -1, -1))
+
+
+def test_folder_conditions_are_resized_as_the_model_data_resized_them(tmp_path):
+    """A model trained with data.resize_cond = nearest reads --cond folders with nearest too: only source values."""
+    folder = tmp_path / "normals"
+    folder.mkdir()
+    pixels = np.random.default_rng(1).integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / "0.png")
+    model = tiny_bridge_model((3, 8, 8))
+    model.meta["data"] = to_dict(DataConfig(source="paired-folders", resize_cond="nearest"))
+    y = condition_source(model, folder)([0])[0]                            # (3, 8, 8) in [-1, 1]
+    source = {tuple(p) for p in pixels.reshape(-1, 3).tolist()}
+    got = ((y + 1) * 127.5).round().to(torch.int64).permute(1, 2, 0).reshape(-1, 3).tolist()
+    assert all(tuple(p) in source for p in got)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -314,6 +315,47 @@ def test_paired_folders_match_by_name(tmp_path):
         build_dataset(DataConfig(source="paired-folders", path=str(conds), path_b=str(targets)))
 
 
+def _colors(t: torch.Tensor) -> set:
+    """The RGB triples of a (3, H, W) image in [-1, 1], as uint8 values."""
+    return {tuple(p) for p in ((t + 1) * 127.5).round().to(torch.int64).permute(1, 2, 0).reshape(-1, 3).tolist()}
+
+
+def test_paired_conditions_resize_nearest_and_targets_bicubic(tmp_path):
+    """DIODE's protocol: surface normals (the condition) resized nearest keep only values of the original map;
+    the RGB target (bicubic here, bilinear by default) blends its pixels."""
+    conds, targets = tmp_path / "normals", tmp_path / "rgb"
+    g = np.random.default_rng(0)
+    normals, rgb = (g.integers(0, 256, (12, 18, 3), dtype=np.uint8) for _ in range(2))
+    save(conds / "p.png", normals)
+    save(targets / "p.png", rgb)
+    cfg = DataConfig(source="paired-folders", path=str(conds), path_b=str(targets), resolution=8, resize="bicubic",
+                     resize_cond="nearest")
+    item = build_dataset(cfg)[0]
+    original = {tuple(p) for p in normals.reshape(-1, 3).tolist()}
+    assert item["cond"].shape == (3, 8, 8) and _colors(item["cond"]) <= original
+    assert not _colors(item["x"]) <= {tuple(p) for p in rgb.reshape(-1, 3).tolist()}
+    assert item["x"].abs().max() <= 1                                         # bicubic overshoot clamped
+    blended = build_dataset(dataclasses.replace(cfg, resize_cond=None))[0]    # None: as `resize`
+    assert torch.equal(blended["x"], item["x"]) and not _colors(blended["cond"]) <= original
+    side = tmp_path / "ab"
+    save(side / "p.png", np.concatenate([normals, rgb], axis=1))
+    ab = build_dataset(DataConfig(source="paired-ab", path=str(side), resolution=8, resize_cond="nearest"))[0]
+    assert _colors(ab["cond"]) <= original
+    with pytest.raises(UserError, match="data.resize_cond: does not apply"):
+        build_dataset(DataConfig(source="folder", path=str(conds), resize_cond="nearest"))
+
+
+def test_resize_square_modes():
+    from fsg.data.images import resize_square
+
+    x = torch.rand(1, 6, 9, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    near = resize_square(x, 4, "nearest")
+    assert near.shape == (1, 4, 4) and set(near.flatten().tolist()) <= set(x.flatten().tolist())
+    assert torch.equal(resize_square(x, 6, "nearest"), x[:, :, 1:7])          # no resize: the centre crop only
+    with pytest.raises(UserError, match="resize mode 'area'"):
+        resize_square(x, 4, "area")
+
+
 # ----------------------------------------------------------------------------------- degradations
 
 def test_down_k_is_the_block_mean():
@@ -433,7 +475,7 @@ def test_batches_are_a_function_of_seed_and_step():
             assert torch.equal(value, b.batch_at(step)[key])
     assert not torch.equal(a.batch_at(0)["index"], BatchStream(data, 4, seed=4).batch_at(0)["index"])
     batch = a.batch_at(2)
-    assert set(batch) == {"x", "cond", "label", "index"} and batch["x"].shape == (4, 1, 2, 4)
+    assert set(batch) == {"x", "cond", "label", "index", "flip"} and batch["x"].shape == (4, 1, 2, 4)
     assert batch["index"].dtype == torch.int64 and batch["x"].device.type == "cpu"
 
 

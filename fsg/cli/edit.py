@@ -12,7 +12,8 @@ from fsg.cli import app
 from fsg.cli.common import DeviceOpt, ModelOpt, SeedOpt
 
 edit_app = typer.Typer(
-    help="Zero-shot editing with a consistency model: one PNG per input and a comparison grid in --out.",
+    help="Zero-shot editing with a consistency model, and PaGoDA super-resolution/inversion: one PNG per input "
+         "and a comparison grid in --out.",
     no_args_is_help=True,
 )
 app.add_typer(edit_app, name="edit")
@@ -26,7 +27,12 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per network 
 ClassOpt = Annotated[Optional[int], typer.Option("--class-label", help="Class of every result (class-conditional).")]
 MaskOpt = Annotated[Path, typer.Option("--mask", help="Binary PNG of the input's size: white (255) = regenerate, "
                                                       "black (0) = keep.")]
-FactorOpt = Annotated[int, typer.Option("--factor", help="Patch side P: the P x P patch means are the input's.")]
+FactorOpt = Annotated[Optional[int], typer.Option("--factor", help="Patch side P: the P x P patch means are the "
+                                                                   "input's (default 4; PaGoDA: its growth factor).")]
+TeacherOpt = Annotated[Optional[Path], typer.Option("--teacher", help="PaGoDA: the encoder (default: the teacher the "
+                                                                      "generator records).")]
+InversionStepsOpt = Annotated[Optional[int], typer.Option("--inversion-steps", help="PaGoDA: Heun steps of the "
+                                                          "encoder's PF-ODE inversion (default: the training's).")]
 TStartOpt = Annotated[Optional[float], typer.Option("--t-start", help="Noise level the painting is noised to "
                                                                       "(default 1.2).")]
 StrokeStepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Steps from --t-start (default 2).")]
@@ -57,8 +63,12 @@ def _run(task: str, model: Path | None, input_: Path, out: Path, seed: int | Non
     if model is None:
         _say("no --model given: using the bundled digits consistency model (assets/cd_digits)")
     report = run_edit(task, model, input_, out, seed=seed or 0, device=resolve_device(device), warn=_say, **options)
-    typer.echo(f"{task}: {report['n']} image(s), NFE {report['nfe']} each, {report['seconds']:.2f} s")
-    typer.echo(f"wrote {out}/ ({len(report['written']) - 1} result(s) and comparison.png)")
+    encoder = f" + {report['encoder_nfe']} teacher NFE to encode" if "encoder_nfe" in report else ""
+    typer.echo(f"{task}: {report['n']} image(s), NFE {report['nfe']}{encoder} each, {report['seconds']:.2f} s")
+    if "mse" in report:
+        typer.echo(f"reconstruction MSE {report['mse']:.5f} (pixels in [-1, 1])")
+    extra = ", latents.npy" if "mse" in report else ""
+    typer.echo(f"wrote {out}/ ({report['n']} result(s), comparison.png{extra})")
 
 
 @edit_app.command("inpaint")
@@ -96,19 +106,38 @@ def colorize(
 @edit_app.command("superres")
 def superres(
     input_: InputOpt, out: OutOpt,
-    factor: FactorOpt = 4,
+    factor: FactorOpt = None,
     model: ModelOpt = None, steps: StepsOpt = None, timesteps: TimestepsOpt = None, seed: SeedOpt = None,
-    batch_size: BatchOpt = 64, class_label: ClassOpt = None, device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64, class_label: ClassOpt = None, teacher: TeacherOpt = None,
+    inversion_steps: InversionStepsOpt = None, device: DeviceOpt = "auto",
 ) -> None:
     """Super-resolve by a factor P: the result's P x P patch means are the low-resolution input's pixels.
 
     Inputs of (resolution / P) pixels are upsampled; a full-size input is averaged over its patches first.
+    A PaGoDA generator encodes the low-resolution input with its teacher and decodes it in one call.
 
-    Example:
+    Examples:
       fsg edit superres --model runs/cd_digits --input low_res/ --factor 2 --out edits/superres
+      fsg edit superres --model runs/pgd32 --input low_res_8px/ --out edits/pagoda_superres
     """
     _run("superres", model, input_, out, seed, device, factor=factor, steps=steps, timesteps=_int_list(timesteps),
-         batch_size=batch_size, class_label=class_label)
+         batch_size=batch_size, class_label=class_label, teacher=teacher, inversion_steps=inversion_steps)
+
+
+@edit_app.command("invert")
+def invert(
+    input_: InputOpt, out: OutOpt, model: ModelOpt = None, batch_size: BatchOpt = 64, class_label: ClassOpt = None,
+    teacher: TeacherOpt = None, inversion_steps: InversionStepsOpt = None, device: DeviceOpt = "auto",
+) -> None:
+    """PaGoDA inversion: encode images (teacher's PF-ODE, data -> noise) and decode them in one call.
+
+    Writes the reconstructions, comparison.png and latents.npy, and prints the reconstruction MSE.
+
+    Example:
+      fsg edit invert --model runs/pgd32 --input digits32/ --out edits/invert
+    """
+    _run("invert", model, input_, out, None, device, batch_size=batch_size, class_label=class_label,
+         teacher=teacher, inversion_steps=inversion_steps)
 
 
 @edit_app.command("stroke")
@@ -156,8 +185,9 @@ def interpolate(
     cond: Annotated[Optional[str], typer.Option(help="Bridge models: the condition (DIR/FILE.npz/data:test; its first item).")] = None,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Spherical interpolation between two noise latents, decoded in one (or K) consistency steps; for a
-    bridge model, semantic interpolation in data space (fixed condition, slerped recorded noises).
+    """Spherical interpolation between two noise latents, decoded in one (or K) consistency steps, or in one
+    call of a PaGoDA generator (its latents: `fsg edit invert` writes them); for a bridge model, semantic
+    interpolation in data space (fixed condition, slerped recorded noises).
 
     Examples:
       fsg interpolate --model runs/cd_digits --n-points 10 --seeds 3,7 --out interp.png

@@ -13,11 +13,12 @@ from fsg.cli.train import InitOpt, ProgressOpt, RequeueOpt, TeacherOpt, TimeBudg
 
 
 class Stage(str, Enum):
+    encode = "encode"
     distill = "distill"
     grow = "grow"
 
 
-StageOpt = Annotated[Optional[Stage], typer.Option("--stage", help="distill | grow: overrides the recipe's method.stage.")]
+StageOpt = Annotated[Optional[Stage], typer.Option("--stage", help="encode | distill | grow: overrides the recipe's method.stage.")]
 
 
 @app.command("grow-decoder")
@@ -26,16 +27,44 @@ def grow_decoder(teacher: TeacherOpt = None, init: InitOpt = None, recipe: Recip
                  max_steps: MaxStepsOpt = None, resume: ResumeOpt = None, time_budget: TimeBudgetOpt = None,
                  requeue: RequeueOpt = False, progress: ProgressOpt = True) -> None:
     """PaGoDA: distil a low-resolution teacher into a one-step decoder (stage distill), then grow it to
-    2x, 4x, ... the teacher's resolution (stage grow, --init the previous stage).
+    2x, 4x, ... the teacher's resolution (stage grow, --init the previous stage). Stage encode writes the
+    teacher's inversions z = Enc(x) of the data to --run-dir (sharded, resumable; run it under torchrun to
+    split the shards); the other stages read them with --set method.latents=DIR.
 
     Examples:
       fsg train-diffusion --recipe recipes/tiny/pagoda_mnist_teacher.yaml --run-dir runs/pgd_teacher
       fsg grow-decoder --teacher runs/pgd_teacher --recipe recipes/tiny/pagoda_mnist_distill.yaml --run-dir runs/pgd8
       fsg grow-decoder --teacher runs/pgd_teacher --init runs/pgd8 --recipe recipes/tiny/pagoda_mnist_grow16.yaml --run-dir runs/pgd16
       fsg sample --model runs/pgd16 --steps 1 -n 64 --out s.npz
+      fsg grow-decoder --stage encode --teacher runs/pgd_teacher --recipe recipes/tiny/pagoda_mnist_distill.yaml --run-dir runs/pgd_latents
     """
     overrides = list(set_ or [])
     if stage is not None:
         overrides.append(f"method.stage={stage.value}")
+    if _recipe_stage(recipe, overrides) == "encode":
+        _encode(recipe, overrides, teacher, run_dir, device, seed, progress)
+        return
     run_training("grow-decoder", recipe, overrides, run_dir, device, seed, max_steps, resume, teacher=teacher,
                  init=init, time_budget=time_budget, requeue=requeue, progress=progress)
+
+
+def _recipe_stage(recipe, overrides) -> str | None:
+    from fsg.errors import UserError
+    from fsg.recipe import load_recipe
+
+    if recipe is None:
+        raise UserError("`fsg grow-decoder` needs --recipe (see recipes/pagoda_*.yaml and recipes/tiny/pagoda_mnist_*.yaml)")
+    return getattr(load_recipe(recipe, overrides).method, "stage", None)
+
+
+def _encode(recipe, overrides, teacher, run_dir, device, seed, progress) -> None:
+    from pathlib import Path
+
+    from fsg.cli.common import resolve_device
+    from fsg.recipe import load_recipe
+    from fsg.train.latents import run_encode
+
+    cfg = load_recipe(recipe, overrides + ([f"train.seed={seed}"] if seed is not None else []))
+    out = Path(run_dir) if run_dir is not None else Path("runs") / f"{Path(recipe).stem}_latents"
+    manifest = run_encode(cfg, teacher, out, resolve_device(device), progress=progress)
+    typer.echo(f"latents: {out} ({manifest.name}); train with --set method.latents={out}")

@@ -268,6 +268,15 @@ def dbim_step(process: BridgeProcess, x_s: torch.Tensor, x0_hat: torch.Tensor, y
     return x_t + omega * z if eta > 0 else x_t
 
 
+def keep_known(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x * mask + y * (1 - mask): the known pixels of the condition y re-imposed on x, mask = 1 where generated
+    (the hole). DBIM composes every x0 estimate of its inpainting bridge this way (its `sample_dbim`, Zheng et al.
+    2025; I2SB's inpainting likewise keeps the observed pixels). With a 0/1 mask the kept pixels are y's exactly;
+    `mask` broadcasts against x, e.g. (N, 1, H, W) for (N, C, H, W)."""
+    mask = mask.to(x.dtype)
+    return x * mask + y.to(x.dtype) * (1 - mask)
+
+
 def log_snr_ratio(process: BridgeProcess, t) -> torch.Tensor:
     """lambda_t = log(b_t / c_t), the time variable of DBIM's exponential integrator (Zheng et al. 2025)."""
     _, b, c = process.coefficients(torch.as_tensor(t).double())

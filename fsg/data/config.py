@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+Resize = Literal["bilinear", "bicubic", "nearest"]
 
 
 @dataclass(frozen=True)
@@ -11,6 +14,8 @@ class DataConfig:
     path: str | None = None         # folder / zip file / CIFAR-10 root / side-by-side pairs / first folder of a pair
     path_b: str | None = None       # second (target) folder for paired-folders
     resolution: int | None = None   # images are resized / center-cropped to this size (None: native)
+    resize: Resize = "bilinear"     # interpolation of that resize: bilinear | bicubic (antialiased) | nearest
+    resize_cond: Resize | None = None   # paired sources: the condition's (None: as resize; DIODE normals: nearest)
     channels: int | None = None     # convert images to 1 (gray) or 3 (RGB) channels (None: native)
     labels: bool = False            # use class labels (sub-folder names, dataset.json, digits/MNIST classes)
     flip: bool = False              # random horizontal flips (deterministic under the seed)

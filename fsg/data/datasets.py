@@ -76,44 +76,51 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 class TensorImages:
-    """In-memory images (N, C, H, W), uint8 or float in [-1, 1], converted and resized per item."""
+    """In-memory images (N, C, H, W), uint8 or float in [-1, 1], converted and resized (`mode`) per item."""
 
-    def __init__(self, images: torch.Tensor, resolution: int, channels: int):
-        self.images, self.resolution, self.channels = images, resolution, channels
+    def __init__(self, images: torch.Tensor, resolution: int, channels: int, mode: str = "bilinear"):
+        self.images, self.resolution, self.channels, self.mode = images, resolution, channels, mode
 
     def __call__(self, i: int) -> tuple[torch.Tensor, None]:
-        return resize_square(convert_channels(to_unit(self.images[i]), self.channels), self.resolution), None
+        x = convert_channels(to_unit(self.images[i]), self.channels)
+        return resize_square(x, self.resolution, self.mode), None
 
 
 class FileImages:
-    """Image files, each decoded, resized (shorter side) and centre-cropped."""
+    """Image files, each decoded, resized (shorter side, `mode`) and centre-cropped."""
 
-    def __init__(self, files: list[ImageFile], resolution: int, channels: int):
-        self.files, self.resolution, self.channels = files, resolution, channels
+    def __init__(self, files: list[ImageFile], resolution: int, channels: int, mode: str = "bilinear"):
+        self.files, self.resolution, self.channels, self.mode = files, resolution, channels, mode
 
     def __call__(self, i: int) -> tuple[torch.Tensor, None]:
-        return resize_square(to_unit(self.files[i].read(self.channels)), self.resolution), None
+        return resize_square(to_unit(self.files[i].read(self.channels)), self.resolution, self.mode), None
 
 
 class SideBySideImages:
-    """pix2pix A|B files: the left half A is the condition and the right half B the target (or swapped)."""
+    """pix2pix A|B files: the left half A is the condition and the right half B the target (or swapped);
+    the target is resized with `mode`, the condition with `cond_mode`."""
 
-    def __init__(self, files: list[ImageFile], resolution: int, channels: int, swap: bool):
+    def __init__(self, files: list[ImageFile], resolution: int, channels: int, swap: bool, mode: str = "bilinear",
+                 cond_mode: str = "bilinear"):
         self.files, self.resolution, self.channels, self.swap = files, resolution, channels, swap
+        self.mode, self.cond_mode = mode, cond_mode
 
     def __call__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         a, b = to_unit(self.files[i].read(self.channels)).chunk(2, dim=-1)  # (C, H, W/2) each
         cond, x = (b, a) if self.swap else (a, b)
-        return resize_square(x, self.resolution), resize_square(cond, self.resolution)
+        return resize_square(x, self.resolution, self.mode), resize_square(cond, self.resolution, self.cond_mode)
 
 
 class PairedImages:
-    """Condition and target files of the same name, both resized and centre-cropped."""
+    """Condition and target files of the same name, both resized and centre-cropped: the target with `mode`,
+    the condition with `cond_mode` (DIODE: bicubic RGB targets, nearest surface-normal conditions)."""
 
-    def __init__(self, conds: list[ImageFile], targets: list[ImageFile], resolution: int, channels: int):
+    def __init__(self, conds: list[ImageFile], targets: list[ImageFile], resolution: int, channels: int,
+                 mode: str = "bilinear", cond_mode: str = "bilinear"):
         self.conds, self.targets, self.resolution, self.channels = conds, targets, resolution, channels
+        self.mode, self.cond_mode = mode, cond_mode
 
     def __call__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = to_unit(self.targets[i].read(self.channels))
         cond = to_unit(self.conds[i].read(self.channels))
-        return resize_square(x, self.resolution), resize_square(cond, self.resolution)
+        return resize_square(x, self.resolution, self.mode), resize_square(cond, self.resolution, self.cond_mode)

@@ -119,12 +119,27 @@ def convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     return x.expand(3, *x.shape[-2:]) if channels == 3 else luma(x)
 
 
-def resize_square(x: torch.Tensor, resolution: int) -> torch.Tensor:
-    """Scale (C, H, W) so its shorter side is `resolution` (antialiased bilinear), then crop the centre square."""
+RESIZE_MODES = ("bilinear", "bicubic", "nearest")
+
+
+def resize_square(x: torch.Tensor, resolution: int, mode: str = "bilinear") -> torch.Tensor:
+    """Scale (C, H, W) so its shorter side is `resolution`, then crop the centre square.
+
+    `mode`: "bilinear" or "bicubic" (antialiased; bicubic clamped back to [-1, 1], since its kernel overshoots),
+    or "nearest" (PIL's NEAREST pixel centres, `nearest-exact`): every output pixel is a copy of an input pixel, so
+    label-like images (surface normals, masks) keep only their own values.
+    """
+    if mode not in RESIZE_MODES:
+        raise UserError(f"unknown resize mode '{mode}' (choose {', '.join(RESIZE_MODES)})")
     c, h, w = x.shape
     if min(h, w) != resolution:
         size = (max(resolution, round(h * resolution / min(h, w))), max(resolution, round(w * resolution / min(h, w))))
-        x = F.interpolate(x[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+        if mode == "nearest":
+            x = F.interpolate(x[None], size=size, mode="nearest-exact")[0]
+        else:
+            x = F.interpolate(x[None], size=size, mode=mode, antialias=True, align_corners=False)[0]
+            if mode == "bicubic":
+                x = x.clamp(-1, 1)
         h, w = size
     top, left = (h - resolution) // 2, (w - resolution) // 2
     return x[:, top:top + resolution, left:left + resolution]

@@ -32,7 +32,8 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 class _FlipView(torch.utils.data.Dataset):
-    """The dataset addressed by (index, flip) keys: a flipped item has x and cond mirrored left-right."""
+    """The dataset addressed by (index, flip) keys: a flipped item has x and cond mirrored left-right, and
+    every item carries `flip` (a bool scalar) so that per-item caches can tell the two copies apart."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -42,6 +43,7 @@ class _FlipView(torch.utils.data.Dataset):
         item = self.dataset[index]
         if flip:
             item = {k: v.flip(-1) if k in ("x", "cond") else v for k, v in item.items()}
+        item["flip"] = torch.tensor(flip)
         return item
 
 

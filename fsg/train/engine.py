@@ -266,19 +266,21 @@ class Trainer:
         previous = self._install_signals()
         started = last_log = time.time()
         steps_since = 0
+        window: dict[str, float] = {}   # the latest value of every key since the last log line (GAN steps alternate)
         from fsg.train.progress import TrainProgress
         progress = TrainProgress(self.max_steps, self.step, enabled=self.opts.progress and self.env.is_main)
         try:
             with progress:
                 while self.step < self.max_steps:
                     logs = self.train_step(next(stream))
+                    window.update(logs)
                     self.step += 1
                     steps_since += 1
                     progress.update(self.step, logs.get("loss", float("nan")))
                     if self.step % self.t.log_every == 0 or self.step == self.max_steps:
                         now = time.time()
-                        self._log(logs, steps_since / max(now - last_log, 1e-9))
-                        last_log, steps_since = now, 0
+                        self._log(window, steps_since / max(now - last_log, 1e-9))
+                        last_log, steps_since, window = now, 0, {}
                     if self.step % self.t.ckpt_every == 0 and self.step < self.max_steps:
                         self.save_checkpoint()
                     if self.t.sample_every and self.step % self.t.sample_every == 0 and self.step < self.max_steps:

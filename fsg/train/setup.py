@@ -85,4 +85,6 @@ def build_run(recipe, command: str, device: torch.device, teacher: str | Path | 
     model = Denoiser(net, process, method_cls.precond).to(device)
     method = method_cls(recipe.method, model, process, teacher=teacher_model.denoiser if teacher_model else None, recipe=recipe)
     meta = model_meta(model, net_cfg, shape, out_ch, cond_ch, num_classes, **method.export_meta(), data=to_dict(recipe.data))
+    if teacher is not None:
+        meta["teacher"] = str(Path(teacher).resolve())     # provenance; PaGoDA's editing encodes with it
     return RunParts(dataset, method, meta)
