@@ -396,6 +396,13 @@ def test_cdbm_time_pairs():
     assert bool((r0 < t).all()) and torch.allclose(w0, 1 / (t - r0))
     gap0 = 0.5 * (1 + 8 * torch.sigmoid(-20 * t[2:])) * t[2:]        # q^-(stage+1) (1 + k sigmoid(-b t)) t
     assert torch.allclose(t[2:] - r0[2:], gap0) and torch.allclose(t[2:] - r1[2:], gap0 / 2)
+    # a process of horizon T = 80 (bridge-ve): the pairs are 80 times those of T = 1 at t / 80
+    for schedule in ("constant", "sigmoid"):
+        kw = dict(schedule=schedule, dt=0.02, q=2, k=8, b=20, stage_steps=100)
+        r_unit, w_unit = cdbm_time_pair(t, 150, eps=1e-4, **kw)
+        r_ve, w_ve = cdbm_time_pair(80 * t, 150, eps=80e-4, horizon=80.0, **kw)
+        assert torch.allclose(r_ve, 80 * r_unit, rtol=1e-5)
+        assert torch.allclose(w_ve, w_unit / (80 if schedule == "sigmoid" else 1), rtol=1e-5)
 
 
 def _cbd_loss(dt, student_var=V, n=8192):

@@ -321,17 +321,20 @@ def euler_maruyama_step(process: BridgeProcess, x: torch.Tensor, y: torch.Tensor
 
 
 def cdbm_time_pair(t: torch.Tensor, step: int, *, schedule: str, dt: float, q: float, k: float, b: float,
-                   stage_steps: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+                   stage_steps: int, eps: float, horizon: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(r, lambda) for times t of CDBM's two timestep schedules (Sec. 4.1 of He et al. 2024), r clamped at eps:
 
-    constant: r = t - dt, lambda = 1;
-    sigmoid:  r = t (1 - q^-(stage+1) (1 + k sigmoid(-b t))), stage = floor(step / stage_steps), lambda = 1/(t - r),
-              the gap shrinking by q each stage (ECT's mapping, Geng et al. 2024, with CDBM's b).
+    constant: r = t - dt T, lambda = 1;
+    sigmoid:  r = t (1 - q^-(stage+1) (1 + k sigmoid(-b t / T))), stage = floor(step / stage_steps),
+              lambda = 1/(t - r), the gap shrinking by q each stage (ECT's mapping, Geng et al. 2024, with CDBM's b).
+
+    dt and b are given for the time horizon T = 1 of the paper's processes (bridge-vp, I2SB); `horizon` = T of
+    another process (bridge-ve: 80) rescales them, so that the pairs are T times those of T = 1 at t / T.
     """
     if schedule == "constant":
-        r = t - dt
+        r = t - dt * horizon
     elif schedule == "sigmoid":
-        r = ect_r(t, step // max(stage_steps, 1), q=q, k=k, b=b, mapping="sigmoid")
+        r = ect_r(t, step // max(stage_steps, 1), q=q, k=k, b=b / horizon, mapping="sigmoid")
     else:
         raise ValueError(f"unknown CDBM schedule {schedule!r}")
     r = r.clamp(min=eps)

@@ -60,7 +60,7 @@ class BridgeConsistencyMethod(ConsistencyMethod):
         p, c = self.process, self.cfg
         t = sample_consistency_times(x0.shape[0], p, gen, x0.device)                     # (N,)
         r, weight = cdbm_time_pair(t, step, schedule=c.schedule, dt=c.dt, q=c.q, k=c.k, b=c.b,
-                                   stage_steps=c.stage_steps, eps=p.t_min)
+                                   stage_steps=c.stage_steps, eps=p.t_min, horizon=p.T)
         z = randn(x0.shape, gen, x0.device)
         x_t = bridge_sample(p, x0, y, t, z)
         return self.pair_loss(nets, batch, x_t, t, lambda: self.target_point(batch, x_t, t, r, z), r, weight)
