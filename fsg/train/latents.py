@@ -82,6 +82,8 @@ def encode_shard(teacher, dataset, keys: Sequence[tuple[int, bool]], steps: int,
         items = [dataset[i] for i, _ in chunk]
         x = torch.stack([it["x"].flip(-1) if f else it["x"] for it, (_, f) in zip(items, chunk)]).to(device)
         labels = torch.stack([it["label"] for it in items]).to(device) if conditional else None
+        if labels is not None and bool((labels < 0).any()):
+            raise UserError("the teacher is class-conditional but the data has no labels: set data.labels true")
         zs.append(encode(teacher.denoiser, x, resolution, steps, labels).float().cpu())
         means.append(to_latent_resolution(x.double(), resolution).mean((1, 2, 3)).cpu())
     return {"z": torch.cat(zs), "index": torch.tensor([i for i, _ in keys], dtype=torch.int64),
