@@ -41,30 +41,29 @@ def grow_decoder(teacher: TeacherOpt = None, init: InitOpt = None, recipe: Recip
     overrides = list(set_ or [])
     if stage is not None:
         overrides.append(f"method.stage={stage.value}")
-    if _recipe_stage(recipe, overrides) == "encode":
-        _encode(recipe, overrides, teacher, run_dir, device, seed, progress)
+    loaded = _load_recipe(recipe, overrides)
+    if getattr(loaded.method, "stage", None) == "encode":       # no training: the latents of every item
+        _encode(loaded, recipe, teacher, run_dir, device, progress)
         return
     run_training("grow-decoder", recipe, overrides, run_dir, device, seed, max_steps, resume, teacher=teacher,
                  init=init, time_budget=time_budget, requeue=requeue, progress=progress)
 
 
-def _recipe_stage(recipe, overrides) -> str | None:
+def _load_recipe(recipe, overrides):
     from fsg.errors import UserError
     from fsg.recipe import load_recipe
 
     if recipe is None:
         raise UserError("`fsg grow-decoder` needs --recipe (see recipes/pagoda_*.yaml and recipes/tiny/pagoda_mnist_*.yaml)")
-    return getattr(load_recipe(recipe, overrides).method, "stage", None)
+    return load_recipe(recipe, overrides)
 
 
-def _encode(recipe, overrides, teacher, run_dir, device, seed, progress) -> None:
+def _encode(loaded, recipe, teacher, run_dir, device, progress) -> None:
     from pathlib import Path
 
     from fsg.cli.common import resolve_device
-    from fsg.recipe import load_recipe
     from fsg.train.latents import run_encode
 
-    cfg = load_recipe(recipe, overrides + ([f"train.seed={seed}"] if seed is not None else []))
     out = Path(run_dir) if run_dir is not None else Path("runs") / f"{Path(recipe).stem}_latents"
-    manifest = run_encode(cfg, teacher, out, resolve_device(device), progress=progress)
+    manifest = run_encode(loaded, teacher, out, resolve_device(device), progress=progress)
     typer.echo(f"latents: {out} ({manifest.name}); train with --set method.latents={out}")

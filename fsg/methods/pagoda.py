@@ -38,6 +38,7 @@ from fsg.methods.consistency import consistency_distance, load_lpips
 from fsg.nets.grow import GrownConfig, GrownNet, copy_matching, freeze_by_block, grown_config, upsampling_factor
 from fsg.nets.load import load_state_strict, network_config_from_meta
 from fsg.sampling.inversion import decode, encode, to_latent_resolution
+from fsg.train.latents import LatentStore, model_fingerprint
 
 GAN_WEIGHT_RANGE = (0.01, 10.0)      # clip of the adaptive weight (reference: 0.01 and 10)
 
@@ -112,27 +113,22 @@ class PaGoDAMethod(Method):
         device = next(model.parameters()).device
         self.lpips = load_lpips(device) if cfg.distance == "lpips" else None
         self.disc = None
-        if cfg.gan_weight > 0:
-            shape = self.recipe_shape()
-            self.disc = Discriminator(shape[0], shape[-1], cfg.disc_channels)
         if cfg.stage == "encode":
             raise UserError("method.stage encode writes latents and trains nothing: run it with `fsg grow-decoder`")
+        self.teacher_fingerprint = model_fingerprint(self.teacher.net)
+        data = self.train_data() if cfg.gan_weight > 0 or cfg.latents is not None else None
+        if cfg.gan_weight > 0:
+            self.disc = Discriminator(data.shape[0], data.shape[-1], cfg.disc_channels)   # at the output resolution
         self.store = None
         if cfg.latents is not None:
-            from fsg.train.latents import LatentStore
-
             self.store = LatentStore(cfg.latents)
-            self.store.check(self.teacher.net, cfg.inversion_steps, self.recipe.data, len(self.train_data()))
+            self.store.check(self.teacher_fingerprint, cfg.inversion_steps, self.recipe.data, len(data))
         self.cache: dict[tuple[int, bool], torch.Tensor] | None = {} if cfg.cache_latents and self.store is None else None
 
     def train_data(self):
         from fsg.data import build_dataset
 
         return build_dataset(self.recipe.data, "train")
-
-    def recipe_shape(self) -> tuple[int, ...]:
-        """The data shape: the resolution the generator outputs."""
-        return tuple(self.train_data().shape)
 
     # ------------------------------------------------------------------ start model (called by build_run)
     @classmethod
@@ -182,10 +178,8 @@ class PaGoDAMethod(Method):
         return self
 
     def export_meta(self):
-        from fsg.train.latents import model_fingerprint
-
         return {**super().export_meta(), "latent_factor": self.factor, "inversion_steps": self.cfg.inversion_steps,
-                "teacher_fingerprint": model_fingerprint(self.teacher.net)}
+                "teacher_fingerprint": self.teacher_fingerprint}
 
     # ------------------------------------------------------------------ losses
     def latents(self, batch: dict[str, torch.Tensor], labels: torch.Tensor | None) -> torch.Tensor:

@@ -333,13 +333,8 @@ def edit_times(model, task: str, steps: int | None, timesteps: Sequence[int] | N
     return consistency_times(model, steps or grid_points - 1, timesteps, None)
 
 
-def load_edit_model(model_path, task: str, factor: int, device):
-    """The model of an editing task, checked: a consistency model of images that the task fits."""
-    from fsg.nets.load import load_model
-
-    if task not in TASKS:
-        raise UserError(f"unknown editing task '{task}' (choose {', '.join(TASKS)})")
-    model = load_model(model_path, device)
+def check_edit_model(model, task: str, factor: int):
+    """The model of an editing task must be a consistency model of images that the task fits."""
     shape = model.shape
     if len(shape) != 3:
         raise UserError(f"{task} needs an image model; {model.path} generates vectors of shape {tuple(shape)}")
@@ -374,11 +369,12 @@ def run_edit(task: str, model_path, inputs: Path, out: Path, *, mask: Path | Non
 
     if task not in TASKS:
         raise UserError(f"unknown editing task '{task}' (choose {', '.join(TASKS)})")
-    if load_model(model_path).meta.get("method") == "pagoda":
+    model = load_model(model_path, device)
+    if model.meta.get("method") == "pagoda":
         if steps is not None or timesteps:
             raise UserError("a PaGoDA generator decodes in one call: --steps/--timesteps do not apply "
                             "(--inversion-steps sets the encoder's)")
-        return run_pagoda_edit(task, model_path, inputs, out, factor=factor, teacher=teacher,
+        return run_pagoda_edit(task, model, inputs, out, factor=factor, teacher=teacher,
                                inversion_steps=inversion_steps, batch_size=batch_size, class_label=class_label,
                                device=device, warn=warn)
     if task == "invert":
@@ -386,7 +382,7 @@ def run_edit(task: str, model_path, inputs: Path, out: Path, *, mask: Path | Non
     if teacher is not None or inversion_steps is not None:
         raise UserError("--teacher/--inversion-steps apply to PaGoDA generators only")
     factor = 4 if factor is None else factor
-    model = load_edit_model(model_path, task, factor, device)
+    check_edit_model(model, task, factor)
     src = read_inputs(inputs, model.shape, warn, model.shape[-1] // factor if task == "superres" else None)
     start = time.time()
     if task == "denoise":
@@ -426,7 +422,7 @@ def pagoda_teacher(model, teacher: Path | None, device):
 
 
 @torch.no_grad()
-def run_pagoda_edit(task: str, model_path, inputs: Path, out: Path, *, factor: int | None = None,
+def run_pagoda_edit(task: str, model, inputs: Path, out: Path, *, factor: int | None = None,
                     teacher: Path | None = None, inversion_steps: int | None = None, batch_size: int = 64,
                     class_label: int | None = None, device="cpu", warn: Callable[[str], None] = print) -> dict:
     """Encode then decode with a PaGoDA generator G (Kim et al. 2024, Sec. 3): x_hat = G(Enc(pool(x))).
@@ -437,12 +433,12 @@ def run_pagoda_edit(task: str, model_path, inputs: Path, out: Path, *, factor: i
               and the report gives its MSE in [-1, 1] and the latents z / sigma_max (`out`/latents.npy).
     The encoder is the teacher's PF-ODE inversion with N Heun steps (2N evaluations), the decoder one call.
     """
-    from fsg.nets.load import load_model
+    from fsg.nets.load import LoadedModel, load_model
     from fsg.sampling.inversion import decode, encode, latent_shape
 
     if task not in PAGODA_TASKS:
         raise UserError(f"a PaGoDA generator runs edit {' and '.join(PAGODA_TASKS)}, not {task}")
-    model = load_model(model_path, device)
+    model = model if isinstance(model, LoadedModel) else load_model(model, device)   # a loaded model or its path
     k = int(model.meta["latent_factor"])
     if factor is not None and factor != k:
         raise UserError(f"--factor {factor}: {model.path} super-resolves by its growth factor {k}")

@@ -209,10 +209,11 @@ class LatentStore:
         self.row = {key: divmod(n, size) for n, key in enumerate(all_keys(count, self.manifest["flips"]))}
         self.means = torch.cat([f.get_tensor("x_mean") for f in self.files])
 
-    def check(self, teacher_net: torch.nn.Module, steps: int, data_cfg, count: int) -> None:
-        """The store must come from this teacher, these inversion steps and this data."""
+    def check(self, teacher_fingerprint: str, steps: int, data_cfg, count: int) -> None:
+        """The store must come from this teacher (`model_fingerprint` of its network), these inversion steps
+        and this data."""
         m = self.manifest
-        if m["teacher"] != model_fingerprint(teacher_net):
+        if m["teacher"] != teacher_fingerprint:
             raise UserError(f"method.latents: {self.path} was encoded with another teacher ({m['teacher_path']})")
         if m["inversion_steps"] != steps:
             raise UserError(f"method.latents: {self.path} was encoded with {m['inversion_steps']} inversion steps, "
