@@ -27,12 +27,12 @@ def ensure_run(command: str, recipe: str, run_dir: Path, teacher: Path | None = 
     return run_dir
 
 
-def sample_timed(model, n: int, batch_size: int, **kw) -> tuple[torch.Tensor, int, float]:
+def sample_timed(model, n: int, batch_size: int, seed: int = 0, **kw) -> tuple[torch.Tensor, int, float]:
     """All n samples, the NFE and the wall time of sampling them (one process)."""
     from fsg.sampling.generate import iter_samples
 
     start = time.perf_counter()
-    stream = iter_samples(model, n, seed=0, batch_size=batch_size, device="cpu", **kw)
+    stream = iter_samples(model, n, seed=seed, batch_size=batch_size, device="cpu", **kw)
     x = torch.cat([b for _, b, _ in stream])
     return x, stream.nfe, time.perf_counter() - start
 

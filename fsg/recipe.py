@@ -63,6 +63,7 @@ class TrainConfig:
     bf16: bool = False                       # CUDA: bf16 autocast
     channels_last: bool = False              # CUDA: channels_last memory format
     compile: bool = False                    # CUDA: torch.compile the network
+    dropout: float | None = None             # a network started from --init/--teacher: its dropout (None: the start model's; ECT CIFAR-10: 0.2)
     label_dropout: float = 0.0               # drop class labels with this probability (classifier-free guidance)
 
 

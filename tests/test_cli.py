@@ -53,6 +53,20 @@ def test_empty_data_folder_exit_2(tmp_path):
     assert r.returncode == 2 and "empty" in r.stderr.lower()
 
 
+def test_recipe_sample_section_sets_the_exported_default(tmp_path):
+    """`sample.sampler` / `sample.steps` of a recipe become the model's default (they were ignored until a GPU
+    test caught it); an unknown sampler is refused before training."""
+    run = tmp_path / "run"
+    r = fsg("train-diffusion", "--recipe", "recipes/tiny/edm_toy.yaml", "--run-dir", run, "--max-steps", 2,
+            "--set", "sample.sampler=euler", "--set", "sample.steps=5", "--no-progress", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    r = fsg("sample", "--model", run, "-n", 4, "--out", tmp_path / "s.npz")
+    assert r.returncode == 0 and "sampler euler, NFE 5" in r.stdout, r.stdout + r.stderr
+    bad = fsg("train-diffusion", "--recipe", "recipes/tiny/edm_toy.yaml", "--run-dir", tmp_path / "bad",
+              "--max-steps", 2, "--set", "sample.sampler=hune", "--no-progress", "--device", "cpu")
+    assert bad.returncode == 2 and "unknown sampler 'hune'" in bad.stderr and "Traceback" not in bad.stderr
+
+
 @pytest.mark.slow
 def test_toy_pipeline_train_sample_distill(tmp_path):
     teacher, student = tmp_path / "edm", tmp_path / "cd"

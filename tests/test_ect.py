@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -235,3 +236,24 @@ def test_tune_sct_cli_end_to_end(tmp_path):
     r = runner.invoke(app, ["sample", "--model", str(tmp_path / "run"), "--sigmas", "80,0.8", "--edge-skip", "0.5",
                             "-n", "8", "--out", str(tmp_path / "s.npz"), "--device", "cpu"])
     assert r.exit_code == 0 and "NFE 2" in r.output, r.output
+
+
+def test_train_dropout_overrides_the_start_models_dropout(tmp_path):
+    """ECT tunes EDM's 0.13-dropout CIFAR-10 teacher with dropout 0.2: `train.dropout` sets the dropout of a
+    network started from --teacher/--init (recorded in the exported model); a fresh network is refused."""
+    teacher = tiny_model(shape=(2,))
+    assert teacher.meta["network"]["dropout"] != 0.3
+    save_model(tmp_path / "teacher.safetensors", teacher.denoiser.net.state_dict(), teacher.meta)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {source: 'toy:moons', toy_size: 1024}\nmethod: {name: ect, double_steps: 2}\n"
+                      "train: {batch_size: 32, max_steps: 2, log_every: 2, ckpt_every: 4, dropout: 0.3}\nsample: {grid: 16}\n")
+    runner = CliRunner()
+    r = runner.invoke(app, ["tune-sct", "--teacher", str(tmp_path / "teacher.safetensors"), "--recipe", str(recipe),
+                            "--run-dir", str(tmp_path / "run"), "--device", "cpu", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    _, meta = read_model(tmp_path / "run" / "model.safetensors")
+    assert meta["network"]["dropout"] == 0.3
+    toy = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "edm_toy.yaml")
+    r = runner.invoke(app, ["train-diffusion", "--recipe", toy, "--set", "train.dropout=0.2",
+                            "--run-dir", str(tmp_path / "fresh"), "--device", "cpu", "--no-progress"])
+    assert isinstance(r.exception, UserError) and "network.dropout" in str(r.exception)   # `fsg` exits 2 on it

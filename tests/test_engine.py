@@ -144,7 +144,7 @@ def test_two_gloo_processes_match_one(tmp_path):
                           "-m", "fsg", "train-diffusion", "--recipe", str(rec), "--run-dir", str(tmp_path / "two"),
                           "--no-progress", "--device", "cpu"], capture_output=True, text=True, env=env())
     assert two.returncode == 0, two.stderr
-    assert "2 processes (gloo)" in two.stderr
+    assert "2 processes (gloo, DDP)" in two.stderr
 
     def losses(run):
         return torch.tensor([json.loads(l)["loss"] for l in (run / "metrics.jsonl").read_text().splitlines()])
@@ -154,6 +154,25 @@ def test_two_gloo_processes_match_one(tmp_path):
     # same global batch and data order; only the per-rank noise draws differ: curves agree on average
     for lo, hi in ((0, 50), (50, 100), (100, 150)):
         assert abs(a[lo:hi].mean() - b[lo:hi].mean()) < 0.2 * a[lo:hi].mean()
+
+
+@pytest.mark.slow
+def test_torchrun_one_process_takes_the_ddp_path_and_matches_a_plain_run(tmp_path):
+    """torchrun --nproc_per_node 1 makes a process group and wraps the nets in DDP (the path a one-GPU machine
+    can check with nccl); one rank's all-reduce is the identity, so the weights equal those of a plain run."""
+    from safetensors.torch import load_file
+
+    rec = recipe(tmp_path, steps=8, ckpt=1000)
+    plain = fsg("train-diffusion", "--recipe", rec, "--run-dir", tmp_path / "plain", "--no-progress", "--device", "cpu")
+    assert plain.returncode == 0, plain.stderr
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+                          "-m", "fsg", "train-diffusion", "--recipe", str(rec), "--run-dir", str(tmp_path / "ddp"),
+                          "--no-progress", "--device", "cpu"], capture_output=True, text=True, env=env())
+    assert ddp.returncode == 0, ddp.stderr
+    assert "1 process (gloo, DDP)" in ddp.stderr
+    a, b = load_file(tmp_path / "plain" / "model.safetensors"), load_file(tmp_path / "ddp" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
 @pytest.mark.slow
@@ -168,7 +187,7 @@ def test_slurm_variables_form_one_job(tmp_path):
                            "--device", "cpu", env=e))
     outs = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    assert "2 processes (gloo)" in outs[0][1]
+    assert "2 processes (gloo, DDP)" in outs[0][1]
     assert (tmp_path / "run" / "model.safetensors").exists()
 
 
@@ -190,3 +209,23 @@ def test_lr_schedule_by_hand():
     assert lr_factor(50, t) == pytest.approx(0.5) and lr_factor(99, t) == pytest.approx(0.25)   # floored at min_lr/lr
     t = TrainConfig(lr=1.0, lr_decay="inv_sqrt", lr_decay_steps=100)
     assert lr_factor(50, t) == 1.0 and lr_factor(400, t) == pytest.approx(0.5)
+
+
+def test_bare_cuda_means_the_local_ranks_gpu(monkeypatch):
+    """Under torchrun/Slurm, `--device cuda` (no index) must give each process its own GPU: DDP and
+    torch.cuda.set_device need an index (found on an H100 under torchrun)."""
+    from fsg.cli.common import resolve_device
+    from fsg.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert resolve_device("cuda") == torch.device("cuda", 2)
+    assert resolve_device("auto") == torch.device("cuda", 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setenv("SLURM_LOCALID", "3")
+    assert resolve_device("cuda") == torch.device("cuda", 3)
+    with pytest.raises(UserError, match="4 CUDA device"):
+        resolve_device("cuda:7")
+    assert resolve_device("cpu") == torch.device("cpu")

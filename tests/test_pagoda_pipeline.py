@@ -208,7 +208,7 @@ def test_gan_steps_under_two_gloo_processes(teacher, latents, tmp_path):
                         *_sets(DIGITS + ["data.downsample=2", *PGD, f"method.latents={latents}"])],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
-    assert "2 processes (gloo)" in r.stderr
+    assert "2 processes (gloo, DDP)" in r.stderr
     last = json.loads((tmp_path / "g" / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 4 and {"rec", "gan_g", "gan_w", "gan_d"} <= set(last)
 

@@ -18,21 +18,25 @@ ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="Model: 
 
 
 def resolve_device(device: str):
-    """'auto' picks CUDA when present (the local rank's GPU under torchrun/Slurm), else CPU."""
+    """'auto' picks CUDA when present, else CPU. 'auto' and a bare 'cuda' mean the local rank's GPU under
+    torchrun/Slurm (cuda:LOCAL_RANK), so every process of a job gets its own GPU; 'cuda:N' is taken as given."""
     import os
 
     import torch
 
     from fsg.errors import UserError
 
+    local_gpu = lambda: torch.device("cuda", int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0))))  # noqa: E731
     if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0))))
-        return torch.device("cpu")
+        return local_gpu() if torch.cuda.is_available() else torch.device("cpu")
     try:
         dev = torch.device(device)
     except RuntimeError:
         raise UserError(f"--device: unknown device '{device}' (use auto, cpu, cuda or cuda:N)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {device}: CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is None:
+        return local_gpu()
+    if dev.type == "cuda" and dev.index >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev

@@ -24,7 +24,7 @@ The exported generator records its teacher (path and weight fingerprint) and `in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -143,6 +143,8 @@ class PaGoDAMethod(Method):
         if ratio * t_shape[-1] != shape[-1] or ratio & (ratio - 1):
             raise UserError(f"the data's resolution {shape[-1]} must be the teacher's {t_shape[-1]} times a power of 2")
         start_cfg = network_config_from_meta(start.meta)
+        if recipe.train.dropout is not None:
+            start_cfg = replace(start_cfg, dropout=float(recipe.train.dropout))
         have = upsampling_factor(start_cfg)
         if start.meta.get("method") == "pagoda" and tuple(start.meta["shape"][1:]) != tuple(s * have for s in t_shape[1:]):
             raise UserError(f"--init model {start.path} was not grown from a teacher of shape {t_shape}")

@@ -1,7 +1,9 @@
 """Distributed setup: the same command runs alone, under torchrun, or under Slurm srun.
 
 Resolution order: RANK/WORLD_SIZE (torchrun or a user export) -> SLURM_PROCID/SLURM_NTASKS (srun, one
-task per GPU) -> a single process without a process group. Backend: nccl on CUDA, gloo on CPU.
+task per GPU) -> a single process without a process group. Under torchrun the process group is made even
+for one process (`--nproc_per_node 1`), so the DDP path is the same code at every world size and can be
+checked on a one-GPU machine. Backend: nccl on CUDA, gloo on CPU.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ class DistEnv:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    group: bool = False     # a process group exists (the nets are wrapped in DDP)
 
     @property
     def is_main(self) -> bool:
@@ -57,7 +60,7 @@ def init_distributed(device: torch.device) -> DistEnv:
     """Initialise the process group when launched with several processes; no-op for one."""
     slurm_to_torch_env()
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):
         return DistEnv()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
@@ -65,7 +68,7 @@ def init_distributed(device: torch.device) -> DistEnv:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
-    return DistEnv(rank, world, local)
+    return DistEnv(rank, world, local, group=True)
 
 
 def all_reduce_max(value: float, device) -> float:

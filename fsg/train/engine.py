@@ -120,7 +120,7 @@ class Trainer:
         nets = {}
         for name, m in modules.items():
             net = m
-            if self.env.world > 1:
+            if self.env.group:
                 ids = [self.device.index] if self.device.type == "cuda" else None
                 net = nn.parallel.DistributedDataParallel(m, device_ids=ids)
             if self.t.compile and self.device.type == "cuda":
@@ -202,7 +202,7 @@ class Trainer:
         for i, mb in enumerate(micro):
             last = i == len(micro) - 1
             sync = contextlib.ExitStack()
-            if not last and self.env.world > 1:
+            if not last and self.env.group:
                 for net in self.nets.values():
                     if hasattr(net, "no_sync"):
                         sync.enter_context(net.no_sync())

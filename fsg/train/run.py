@@ -39,9 +39,9 @@ def train(command: str, recipe_path, overrides=(), run_dir=None, device: str = "
     try:
         if env.world > 1 and recipe.train.batch_size % env.world:
             raise UserError(f"train.batch_size {recipe.train.batch_size} is not divisible by the {env.world} processes")
-        if env.world > 1 and env.is_main:
+        if env.group and env.is_main:
             import torch.distributed as dist
-            print(f"fsg: {env.world} processes ({dist.get_backend()})", file=sys.stderr)
+            print(f"fsg: {env.world} process{'es' if env.world > 1 else ''} ({dist.get_backend()}, DDP)", file=sys.stderr)
         torch.manual_seed(recipe.train.seed)
         parts = build_run(recipe, command, dev, teacher=teacher, init=init)
         if env.is_main:

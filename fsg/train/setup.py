@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,25 @@ def _check_compatible(model: LoadedModel, dataset, what: str) -> None:
         raise UserError(f"{what} {model.path} expects {model.meta.get('cond_channels', 0)} condition channels, the data gives {cond}")
 
 
+def recipe_sample_defaults(method_default: dict[str, Any], sample) -> dict[str, Any]:
+    """The exported model's default sampler and steps: the recipe's `sample.sampler` / `sample.steps` where set,
+    else the method's. A sampler name fsg does not know is refused before training starts."""
+    import fsg.sampling.inversion  # noqa: F401  (registers PaGoDA's sampler)
+    from fsg.sampling.generate import EXTRA_SAMPLERS, SAMPLERS
+
+    out = dict(method_default)
+    if sample.sampler is not None:
+        known = sorted({*SAMPLERS, *EXTRA_SAMPLERS})
+        if sample.sampler not in known:
+            raise UserError(f"sample.sampler: unknown sampler '{sample.sampler}' (known: {', '.join(known)})")
+        out["sampler"] = sample.sampler
+    if sample.steps is not None:
+        if sample.steps < 1:
+            raise UserError(f"sample.steps must be at least 1, got {sample.steps}")
+        out["steps"] = sample.steps
+    return out
+
+
 def build_run(recipe, command: str, device: torch.device, teacher: str | Path | None = None,
               init: str | Path | None = None) -> RunParts:
     from fsg.data import build_dataset
@@ -68,16 +87,23 @@ def build_run(recipe, command: str, device: torch.device, teacher: str | Path | 
         start = teacher_model if (source == teacher and teacher_model is not None) else load_model(source, device)
         out_ch = start.meta["out_channels"]
         num_classes = start.meta.get("num_classes", 0)
+        if recipe.train.dropout is not None and not 0 <= recipe.train.dropout < 1:
+            raise UserError(f"train.dropout must lie in [0, 1), got {recipe.train.dropout:g}")
         if start_network is not None:
             net_cfg, net = start_network(recipe, start, teacher_model, shape, cond_ch)
         else:
             if start is not teacher_model:
                 _check_compatible(start, dataset, "--init model")
             net_cfg = network_config_from_meta(start.meta)
+            if recipe.train.dropout is not None:        # e.g. ECT tunes EDM's 0.13-dropout teacher with 0.2
+                net_cfg = replace(net_cfg, dropout=float(recipe.train.dropout))
             net = net_cfg.build(shape, out_ch, cond_ch, num_classes)
             load_state_strict(net, start.denoiser.net.state_dict(), str(start.path))
         process = start.process
     else:
+        if recipe.train.dropout is not None:
+            raise UserError("train.dropout sets the dropout of a network started from --init/--teacher; "
+                            "this run builds a new network: set network.dropout instead")
         net_cfg = recipe.network
         out_ch = shape[0] * getattr(recipe.process, "out_multiplier", getattr(method_cls, "out_multiplier", 1))
         net = net_cfg.build(shape, out_ch, cond_ch, num_classes)
@@ -85,6 +111,7 @@ def build_run(recipe, command: str, device: torch.device, teacher: str | Path | 
     model = Denoiser(net, process, method_cls.precond).to(device)
     method = method_cls(recipe.method, model, process, teacher=teacher_model.denoiser if teacher_model else None, recipe=recipe)
     meta = model_meta(model, net_cfg, shape, out_ch, cond_ch, num_classes, **method.export_meta(), data=to_dict(recipe.data))
+    meta["sample"] = recipe_sample_defaults(meta["sample"], recipe.sample)
     if teacher is not None:
         meta["teacher"] = str(Path(teacher).resolve())     # provenance; PaGoDA's editing encodes with it
     return RunParts(dataset, method, meta)
