@@ -67,3 +67,51 @@ def test_sampling_on_the_gpu_counts_nfe_and_is_seeded(trained):
         outs.append(np.load(trained / f"{name}.npz")["arr_0"])
     assert outs[0].shape == (8, 16, 16, 1)
     assert np.array_equal(outs[0], outs[1])
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+TINY = ROOT / "recipes" / "tiny"
+BF16 = ("--device", "cuda", "--no-progress", "--set", "train.bf16=true")
+# every method's tiny recipe for 3 bf16 steps on the GPU: (name, command, recipe, start: (flag, run or asset))
+CHAIN = [
+    ("cd", "distill", "cd_digits", ("--teacher", "asset:edm_digits")),
+    ("ct", "train-consistency", "ct_digits", None),
+    ("ect", "tune-sct", "ect_digits", ("--teacher", "asset:edm_digits")),
+    ("sct", "tune-sct", "sct_digits", ("--teacher", "asset:edm_digits")),
+    ("ddm", "train-diffusion", "ddm_digits", None),
+    ("ddbm", "train-diffusion", "ddbm_edges_digits", None),
+    ("cbd", "distill", "cbd_edges_digits", ("--teacher", "ddbm")),
+    ("cbt", "train-consistency", "cbt_edges_digits", ("--init", "ddbm")),
+    ("pagoda_teacher", "train-diffusion", "pagoda_mnist_teacher", None),
+    ("pagoda8", "grow-decoder", "pagoda_mnist_distill", ("--teacher", "pagoda_teacher")),
+    ("pagoda16", "grow-decoder", "pagoda_mnist_grow16", ("--teacher", "pagoda_teacher", "--init", "pagoda8")),
+]
+
+
+@pytest.fixture(scope="module")
+def chain_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("chain")
+
+
+@pytest.mark.parametrize("name,command,recipe,start", CHAIN, ids=[c[0] for c in CHAIN])
+def test_every_method_trains_and_samples_on_the_gpu(chain_dir, name, command, recipe, start):
+    """Three bf16 steps of each tiny recipe on the GPU (the final sample grid included), then `fsg sample` of
+    the exported model on the GPU. Runs in CHAIN order: later stages start from earlier runs."""
+    args = []
+    start = start or ()
+    for flag, source in zip(start[::2], start[1::2]):
+        path = ROOT / "assets" / source[6:] if source.startswith("asset:") else chain_dir / source
+        if not path.exists():
+            pytest.skip(f"{source} did not train")
+        args += [flag, path]
+    if command == "tune-sct":
+        args += ["--mode", recipe.split("_")[0]]
+    r = run("-m", "fsg", command, "--recipe", TINY / f"{recipe}.yaml", "--run-dir", chain_dir / name,
+            "--max-steps", "3", *args, *BF16)
+    assert r.returncode == 0, r.stderr[-3000:]
+    if name == "pagoda_teacher":
+        return
+    out = chain_dir / f"{name}.npz"
+    r = run("-m", "fsg", "sample", "--model", chain_dir / name, "-n", "4", "--device", "cuda", "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert np.isfinite(np.load(out)["arr_0"]).all()
