@@ -6,6 +6,7 @@ it must not grow with N (samples stream to a memory-mapped .npz; features stream
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -38,7 +39,8 @@ def peak_mb(*args: str) -> float:
     return kb / 1024
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         model, _ = model_for("recipes/tiny/edm_digits.yaml", "consistency")

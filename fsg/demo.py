@@ -20,10 +20,10 @@ from rich.table import Table
 
 from fsg.io.images import grid_image, save_png, scatter_image
 from fsg.nets.load import load_model
+from fsg.resources import shipped
 
-ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ROOT / "assets"
-RECIPES = ROOT / "recipes" / "tiny"
+ASSETS = shipped("assets")
+RECIPES = shipped("recipes", "tiny")
 
 
 def _sample(model, n: int, device, **kw) -> tuple[torch.Tensor, int, float]:
@@ -58,7 +58,7 @@ def _teacher(run_dir: Path, device, train_teacher: bool, console: Console) -> Pa
 
     bundled = ASSETS / "edm_toy" / "model.safetensors"
     if bundled.is_file() and not train_teacher:
-        console.print(f"[bold]1/4[/] teacher: bundled EDM toy teacher ({bundled.relative_to(ROOT)})")
+        console.print(f"[bold]1/4[/] teacher: bundled EDM toy teacher (assets/{bundled.parent.name})")
         return bundled
     own = run_dir / "teacher"
     if (own / "model.safetensors").is_file():

@@ -17,10 +17,11 @@ from torch import Tensor, nn
 
 from fsg.errors import UserError
 from fsg.eval.images import to_gray
+from fsg.resources import shipped
 
 DIGITS_SIZE = 28
 DIGITS_DIM = 128
-DIGITS_ASSET = Path(__file__).resolve().parents[2] / "assets" / "digits_features.safetensors"
+DIGITS_ASSET = shipped("assets", "digits_features.safetensors")
 
 
 class DigitsNet(nn.Module):

@@ -12,8 +12,9 @@ from fsg.errors import UserError
 from fsg.io.checkpoint import read_model, resolve_model_path
 from fsg.io.config import ConfigError, convert, to_dict
 from fsg.nets.denoiser import Denoiser
+from fsg.resources import shipped
 
-BUNDLED_MODEL = Path(__file__).resolve().parents[2] / "assets" / "cd_digits" / "model.safetensors"
+BUNDLED_MODEL = shipped("assets", "cd_digits", "model.safetensors")
 
 
 @dataclass

@@ -8,10 +8,11 @@ The runs are the real commands (`fsg train-diffusion`, `fsg distill`) on a CIFAR
 (written here: the speed does not depend on the pixels); images/s is read from the runs' metrics.jsonl
 (`it_s` x batch), the first logging window (warm-up, compilation) left out.
 
-    python benchmarks/cuda.py [--batch 256] [--steps 60] [--skip-compile]
-    python benchmarks/cuda.py --recipe recipes/ddm_cifar10.yaml --training-only --set method.reconstruction=l1
+    python benchmarks/gpu.py [--batch 256] [--steps 60] [--skip-compile]
+    python benchmarks/gpu.py --recipe recipes/ddm_cifar10.yaml --training-only --set method.reconstruction=l1
 
-Writes benchmarks/results/cuda.json. Needs a CUDA GPU.
+Writes benchmarks/results/gpu.json (gpu_RECIPE.json for another recipe). Needs a CUDA GPU. (Not named
+cuda.py: run as a script, that name would shadow the `cuda` package torch imports.)
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--training-only", action="store_true", help="leave out the CD step and sampling")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        raise SystemExit("benchmarks/cuda.py needs a CUDA GPU")
+        raise SystemExit("benchmarks/gpu.py needs a CUDA GPU")
     work = args.work or Path(tempfile.mkdtemp(prefix="fsg_cuda_"))
     data = fake_cifar(work / "cifar10")
     rows, teacher = training_rows(args.recipe, data, work, args.batch, args.steps, not args.skip_compile, args.set)
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(cd)
         rows += sampling_rows(teacher, student, 512)
     props = torch.cuda.get_device_properties(0)
-    name = "cuda" if args.recipe == TEACHER and not args.training_only else f"cuda_{Path(args.recipe).stem}"
+    name = "gpu" if args.recipe == TEACHER and not args.training_only else f"gpu_{Path(args.recipe).stem}"
     report(name, f"CUDA path at CIFAR-10 size on {props.name}",
            ["run", "batch", "images_per_s", "ratio", "nfe_ratio", "wall_s"], rows,
            {"gpu": props.name, "torch": torch.__version__, "steps_per_run": args.steps})
