@@ -4,8 +4,9 @@ Plain PyYAML reads `1e-4` as a string and lets a duplicate key win silently; rec
 a loader that fixes both. Validation names the dotted key on every error: an unknown key (with the
 closest valid one), a wrong type, a missing required value.
 
-A field typed as a Union of dataclasses is a tagged union: each member has a `Literal` field (the tag,
-e.g. `arch` or `name`) and the mapping's value of that field picks the member.
+A field typed as a Union of dataclasses is a tagged union: each member has a `Literal` field (the tag:
+`name` or `arch` where the member has one, else its first `Literal` field) and the mapping's value of that
+field picks the member. Written out, the tag comes first.
 """
 
 from __future__ import annotations
@@ -63,12 +64,16 @@ def parse_yaml(text: str, where: str = "recipe") -> Any:
         raise ConfigError(f"{where}: invalid YAML{line}: {problem}") from None
 
 
+TAG_NAMES = ("name", "arch")     # the tag of a union member, wherever the field sits (a base class puts its fields first)
+
+
 def _tag_field(cls) -> tuple[str, tuple]:
-    for f in dataclasses.fields(cls):
-        hint = get_type_hints(cls)[f.name]
-        if get_origin(hint) is Literal:
-            return f.name, get_args(hint)
-    raise TypeError(f"{cls.__name__} has no Literal tag field")
+    hints = get_type_hints(cls)
+    literals = [f.name for f in dataclasses.fields(cls) if get_origin(hints[f.name]) is Literal]
+    if not literals:
+        raise TypeError(f"{cls.__name__} has no Literal tag field")
+    name = next((n for n in TAG_NAMES if n in literals), literals[0])
+    return name, get_args(hints[name])
 
 
 def _type_name(tp) -> str:
@@ -209,7 +214,9 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
 def to_dict(obj) -> Any:
     """Dataclass -> plain dict/list structure suitable for YAML/JSON (tuples become lists)."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        names = [f.name for f in dataclasses.fields(obj)]
+        names.sort(key=lambda n: n not in TAG_NAMES)          # the tag first (a stable sort keeps the rest in order)
+        return {n: to_dict(getattr(obj, n)) for n in names}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):

@@ -21,8 +21,9 @@ from fsg.methods.consistency import ConsistencyMethod
 
 
 @dataclass(frozen=True)
-class CBDConfig:
-    name: Literal["cbd"] = "cbd"
+class BridgeConsistencyConfig:
+    """The settings CBD and CBT share: the time-pair schedule (Sec. 3.3 of He et al. 2024), target and distance."""
+
     schedule: Literal["constant", "sigmoid"] = "constant"  # r(t) = t - dt, lambda = 1; or a shrinking gap, lambda = 1/(t - r)
     dt: float = 1 / 60                       # constant gap in t (the paper ablates 1/9 ... 1/120 with T = 1)
     b: float = 20.0                          # sigmoid schedule: steepness of sigmoid(-b t) (the paper: 1 ... 50)
@@ -32,6 +33,11 @@ class CBDConfig:
     target_ema: float = 0.0                  # mu of theta^-: 0 = stop-gradient copy of the online network
     distance: Literal["l2", "l1", "pseudo-huber", "lpips"] = "l2"
     huber_c: float | None = None             # pseudo-Huber c (None: 0.00054 sqrt(d))
+
+
+@dataclass(frozen=True)
+class CBDConfig(BridgeConsistencyConfig):
+    name: Literal["cbd"] = "cbd"
 
 
 class BridgeConsistencyMethod(ConsistencyMethod):

@@ -15,21 +15,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fsg.core.bridges import bridge_sample
-from fsg.methods.cbd import BridgeConsistencyMethod
+from fsg.methods.cbd import BridgeConsistencyConfig, BridgeConsistencyMethod
 
 
 @dataclass(frozen=True)
-class CBTConfig:
+class CBTConfig(BridgeConsistencyConfig):
     name: Literal["cbt"] = "cbt"
-    schedule: Literal["constant", "sigmoid"] = "sigmoid"  # r(t) = t - dt, lambda = 1; or a shrinking gap, lambda = 1/(t - r)
-    dt: float = 1 / 60                       # constant gap in t (the paper ablates 1/9 ... 1/120 with T = 1)
-    b: float = 20.0                          # sigmoid schedule: steepness of sigmoid(-b t) (paper: 20 or 50 work)
-    k: float = 8.0                           # sigmoid schedule: weight of the sigmoid term (ECT's k)
-    q: float = 2.0                           # sigmoid schedule: the gap shrinks by q every stage
-    stage_steps: int = 10000                 # sigmoid schedule: training steps per stage
-    target_ema: float = 0.0                  # mu of theta^-: 0 = stop-gradient copy of the online network
-    distance: Literal["l2", "l1", "pseudo-huber", "lpips"] = "l2"
-    huber_c: float | None = None             # pseudo-Huber c (None: 0.00054 sqrt(d))
+    schedule: Literal["constant", "sigmoid"] = "sigmoid"   # CBT's default: the shrinking gap (b 20 or 50 work)
 
 
 class CBTMethod(BridgeConsistencyMethod):
