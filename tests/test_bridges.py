@@ -321,6 +321,8 @@ CONTRACT = [
     ("dbim3", 6, {}, "diffusion", 5 + 1),
     ("cdbm", 2, {}, "consistency", 2),
     ("cdbm", 4, {}, "consistency", 4),
+    ("cdbm", None, {"times": (0.6,)}, "consistency", 2),                # explicit consistency-call times
+    ("cdbm", None, {"times": (0.9, 0.5, 0.2)}, "consistency", 4),
 ]
 
 
@@ -353,6 +355,18 @@ def test_bridge_samplers_refuse_what_they_cannot_sample():
         plan.initial(None, (2, 1, 8, 8), None)
 
 
+def test_cdbm_times_are_checked():
+    model = tiny_bridge_model(precond="consistency")
+    assert plan_sampler(model, "cdbm", None, times=(0.6,)).times.tolist() == [1.0, 0.6]
+    for times, match in (((0.5, 0.6), "strictly decreasing"), ((1.0,), r"T - gamma"), ((0.5, 0.0), "t_min")):
+        with pytest.raises(UserError, match=match):
+            plan_sampler(model, "cdbm", None, times=times)
+    with pytest.raises(UserError, match="disagrees"):
+        plan_sampler(model, "cdbm", 3, times=(0.6,))
+    with pytest.raises(UserError, match="--times applies to the cdbm sampler"):
+        plan_sampler(tiny_bridge_model(), "dbim", 5, times=(0.6,))
+
+
 class TorchNoise:
     """A sampler's noise source drawing from one torch generator (fast for statistics)."""
 
@@ -383,6 +397,14 @@ def test_samplers_draw_the_gaussian_coupling():
         mean, var = _coupling_stats(sampler, p, times, **knobs)
         assert mean == pytest.approx(K * 0.6, abs=0.02), sampler.__name__
         assert var == pytest.approx(V, rel=0.06), sampler.__name__
+    # Booting below T - gamma noises the boot's point estimate E[x0 | y] = K y, not a draw of x0: x_t = mean_t + c_t z.
+    # The exact consistency map of the Gaussian marginal N(mean_t, b_t^2 V + c_t^2) is affine with slope
+    # sqrt(V / (b_t^2 V + c_t^2)), so the samples keep the mean K y but their variance is V c_t^2 / (b_t^2 V + c_t^2)
+    # (why the paper boots to T - gamma, where b_t ~ 0).
+    _, b_t, c_t = (float(v) for v in p.coefficients(torch.tensor(0.6, dtype=torch.float64)))
+    mean, var = _coupling_stats(sample_cdbm, p, torch.tensor([1.0, 0.6], dtype=torch.float64))
+    assert mean == pytest.approx(K * 0.6, abs=0.02)
+    assert var == pytest.approx(V * c_t**2 / (b_t**2 * V + c_t**2), rel=0.04) and var < 0.95 * V
 
 
 # ---------------------------------------------------------------------------------- CBD / CBT losses

@@ -39,6 +39,7 @@ def sample(
     guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale (default 1 = off); bridge models: the hybrid sampler's weight w of the h-term (default 1).")] = None,
     eta: Annotated[Optional[float], typer.Option(help="dbim: eta >= 0 (default 0: deterministic given the booting noise; 1: the Markovian posterior).")] = None,
     churn_step_ratio: Annotated[Optional[float], typer.Option(help="hybrid: fraction of each step taken by the reverse SDE, in [0, 1) (default 0.33; 0: Heun PF-ODE only).")] = None,
+    times: Annotated[Optional[str], typer.Option(help="cdbm: the times of the consistency calls, strictly decreasing in [t_min, T - gamma], e.g. 0.6 (NFE 2, booting to t = 0.6); default: uniform from T - gamma.")] = None,
     edge_skip: Annotated[float, typer.Option(help="Consistency: SCT edge-skipping eta in [0, 1] (0 = Algorithm 1).")] = 0.0,
     cond: Annotated[Optional[Path], typer.Option(help="Bridge models: condition images, a DIR, a FILE.npz (cond, else arr_0) or data:train|data:test (a split of the model's data); default: data:test.")] = None,
     mask: Annotated[Optional[Path], typer.Option(help="Bridge inpainting: the hole (white, generated; the rest of the condition is kept) as one image for every sample or a DIR of them (item i mod M); default: the model's data mask (data.degrade mask-center|mask-strokes).")] = None,
@@ -52,6 +53,7 @@ def sample(
       fsg sample --model runs/cd_toy --steps 2 -n 5000 --out cd2.npz
       fsg sample --model runs/cd_digits --timesteps 0,9,17 --grid two_step.png
       fsg sample --model runs/cbt_edges_digits --steps 2 -n 180 --out e2d.npz     (CDBM, 2 NFE; cond in the npz)
+      fsg sample --model runs/cbt_edges_digits --times 0.6 -n 180 --out e2d.npz    (CDBM, 2 NFE, booting to t = 0.6)
       fsg sample --model runs/ddbm_edges_digits --sampler dbim --eta 1 --steps 20 --out s.npz
       fsg sample --model runs/ddbm_edges_digits --sampler hybrid --churn-step-ratio 0.33 --guidance 0.5 --out s.npz
     """
@@ -66,7 +68,8 @@ def sample(
     report = run_sampling(model, n, out=out, grid=grid, sampler=sampler, steps=steps, timesteps=_int_list(timesteps),
                           sigmas=_float_list(sigmas), seed=seed or 0, batch_size=batch_size, device=resolve_device(device),
                           s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, labels=class_label, guidance=guidance,
-                          edge_skip=edge_skip, cond=cond, mask=mask, eta=eta, churn_step_ratio=churn_step_ratio)
+                          edge_skip=edge_skip, cond=cond, mask=mask, eta=eta, churn_step_ratio=churn_step_ratio,
+                          times=_float_list(times))
     shown = [f"{SAMPLER_KNOBS[k][0].removeprefix('--')} {v:g}" for k, v in report["knobs"].items() if k in SAMPLER_KNOBS]
     knobs = f" ({', '.join(shown)})" if shown else ""
     typer.echo(f"{report['n']} samples, sampler {report['sampler']}{knobs}, NFE {report['nfe']}, "

@@ -212,11 +212,23 @@ def _plan_dbim(name: str, knob_names: tuple[str, ...]):
     return plan
 
 
-def plan_cdbm(model: LoadedModel, steps: int | None, **_) -> BridgePlan:
-    """steps = NFE = K >= 2: the boot at T, then K - 1 consistency calls at times uniform on [t_min, T - gamma)."""
+def plan_cdbm(model: LoadedModel, steps: int | None, times: Sequence[float] | None = None, **_) -> BridgePlan:
+    """steps = NFE = K >= 2: the boot at T, then K - 1 consistency calls at times uniform on [t_min, T - gamma)
+    (T - gamma first, as Sec. 3.4 of He et al. 2024). `times` gives the consistency calls' times instead, strictly
+    decreasing in [t_min, T - gamma] (NFE = 1 + their number); e.g. (0.6,) boots to t = 0.6 rather than T - gamma.
+    Below T - gamma the boot noises its point estimate of x0, not a draw of x0, so even the exact consistency
+    function loses variance there (tests/test_bridges.py derives how much); a trained model may still gain."""
     p = _bridge_process(model, "cdbm")
     if model.denoiser.precond == "diffusion":
         raise UserError("the cdbm sampler needs a consistency bridge model (CBD/CBT); for a DDBM use dbim or hybrid")
+    if times:
+        calls = torch.tensor([float(t) for t in times], dtype=torch.float64)
+        top = p.T - p.gamma
+        if steps is not None and steps != len(calls) + 1:
+            raise UserError(f"cdbm: --steps {steps} disagrees with --times ({len(calls)} consistency calls: NFE {len(calls) + 1})")
+        if not bool(((calls >= p.t_min) & (calls <= top + 1e-12)).all()) or not bool((calls[1:] < calls[:-1]).all()):
+            raise UserError(f"cdbm: --times must be strictly decreasing in [t_min, T - gamma] = [{p.t_min:g}, {top:g}]")
+        return BridgePlan("cdbm", torch.cat([calls.new_tensor([p.T]), calls]), {}, clip=True, process=p)
     k = steps if steps is not None else 2
     if k < 2:
         raise UserError("cdbm: --steps is the NFE, at least 2 (the boot evaluation and one consistency call)")
@@ -235,6 +247,7 @@ SAMPLER_KNOBS.update({      # knob -> (its fsg sample option, the samplers it ap
     "eta": ("--eta", ("dbim",)),
     "churn_step_ratio": ("--churn-step-ratio", ("hybrid",)),
     "w": ("--guidance", ("hybrid",)),
+    "times": ("--times", ("cdbm",)),
 })
 
 
