@@ -65,6 +65,7 @@ class TrainConfig:
     compile: bool = False                    # CUDA: torch.compile the network
     dropout: float | None = None             # a network started from --init/--teacher: its dropout (None: the start model's; ECT CIFAR-10: 0.2)
     label_dropout: float = 0.0               # drop class labels with this probability (classifier-free guidance)
+    augment: float = 0.0                     # EDM's geometric augmentation probability p (EDM/DDM CIFAR-10: 0.12); needs network.augment_dim: 9
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,9 @@ def load_recipe(path: str | Path | None, overrides: typing.Sequence[str] = (), d
     """Read a recipe file (or just `defaults`), apply `--set` overrides, validate into a Recipe."""
     data: dict = dict(defaults or {})
     if path is not None:
-        p = Path(path)
+        from fsg.resources import find_recipe
+
+        p = find_recipe(path)              # a file as given, else a shipped recipe of that name (tiny/edm_toy)
         if not p.is_file():
             raise UserError(f"recipe not found: {p}")
         loaded = parse_yaml(p.read_text(), where=str(p))

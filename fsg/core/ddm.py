@@ -78,14 +78,15 @@ class DecoupledProcess:
         tt = _at(t, x)
         return x - self.attenuation(tt, h) - self.noise_var(tt).sqrt() * h["eps"]
 
-    def heads(self, net, x: torch.Tensor, t: torch.Tensor, cond=None, labels=None) -> Heads:
+    def heads(self, net, x: torch.Tensor, t: torch.Tensor, cond=None, labels=None, **net_kwargs) -> Heads:
         """The preconditioned predictions {(K,) C, eps, x0} at per-sample times t (N,) from one network call.
 
         Head k is skip_k(t) x + out_k(t) F_k(c_in(t) x, c_noise(t)); F's channels are the groups of `outputs`.
+        `net_kwargs` go to the network as they are (EDM's `augment_labels`).
         """
         c_in, c_noise, skips, outs = self.scalings(t)
         nd = x.ndim
-        F = net(append_dims(c_in, nd) * x, c_noise.flatten(), labels, cond).to(x.dtype)   # (N, m C, ...)
+        F = net(append_dims(c_in, nd) * x, c_noise.flatten(), labels, cond, **net_kwargs).to(x.dtype)   # (N, m C, ...)
         m = self.out_multiplier
         if F.shape[1] != m * x.shape[1]:
             raise UserError(f"process '{self.name}' needs a network with {m} x {x.shape[1]} output channels "
@@ -95,9 +96,9 @@ class DecoupledProcess:
         h["x0"] = self.x0_from(x, t, h)
         return h
 
-    def denoise(self, net, x: torch.Tensor, t: torch.Tensor, cond=None, labels=None) -> torch.Tensor:
+    def denoise(self, net, x: torch.Tensor, t: torch.Tensor, cond=None, labels=None, **net_kwargs) -> torch.Tensor:
         """x0_hat of the two-head parameterisation."""
-        return self.heads(net, x, t, cond, labels)["x0"]
+        return self.heads(net, x, t, cond, labels, **net_kwargs)["x0"]
 
     def posterior(self, x: torch.Tensor, h: Heads, t, u) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and standard deviation of q(x_u | x_t, x0) for u < t, with x0 given through (H, eps).

@@ -1,4 +1,4 @@
-"""The denoiser D(x, t, cond, labels) -> x0_hat: a network wrapped by a preconditioning.
+"""The denoiser D(x, t, cond, labels, augment_labels) -> x0_hat: a network wrapped by a preconditioning.
 
 Every sampler and loss talks to a `Denoiser`, never to a raw network. `precond` picks the scalings:
 - "diffusion":   the process's own (EDM Table 1, VP, DDBM bridge scalings, ...);
@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from fsg.core.processes import append_dims
+from fsg.errors import UserError
 
 
 class Denoiser(nn.Module):
@@ -34,19 +35,34 @@ class Denoiser(nn.Module):
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32)
         return t.expand(x.shape[0]) if t.ndim == 0 else t
 
-    def heads(self, x: torch.Tensor, t, cond=None, labels=None) -> dict[str, torch.Tensor]:
+    def augment_kwargs(self, augment_labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The network's keyword for EDM's augmentation labels (N, augment_dim): none when there are none;
+        a network without augmentation conditioning refuses them."""
+        if augment_labels is None:
+            return {}
+        layer = getattr(self.net, "map_augment", None)
+        if layer is None:
+            raise UserError(f"augmentation labels need network.arch songunet or dhariwal with network.augment_dim: "
+                            f"{augment_labels.shape[1]}; this network ({type(self.net).__name__}) has no augmentation input")
+        if layer.in_features != augment_labels.shape[1]:
+            raise UserError(f"the network has network.augment_dim: {layer.in_features}, "
+                            f"the augmentation gives {augment_labels.shape[1]} labels")
+        return {"augment_labels": augment_labels}
+
+    def heads(self, x: torch.Tensor, t, cond=None, labels=None, augment_labels=None) -> dict[str, torch.Tensor]:
         """All outputs of a multi-head parameterisation (DDM: x0, C, eps); {'x0': D} otherwise."""
         t = self.per_sample(t, x)
         if hasattr(self.process, "heads"):
-            return self.process.heads(self.net, x, t, cond, labels)
-        return {"x0": self(x, t, cond, labels)}
+            return self.process.heads(self.net, x, t, cond, labels, **self.augment_kwargs(augment_labels))
+        return {"x0": self(x, t, cond, labels, augment_labels)}
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> torch.Tensor:
+                labels: torch.Tensor | None = None, augment_labels: torch.Tensor | None = None) -> torch.Tensor:
         t = self.per_sample(t, x)
+        extra = self.augment_kwargs(augment_labels)
         if hasattr(self.process, "denoise"):   # a process with its own parameterisation (DDM's two heads)
-            return self.process.denoise(self.net, x, t, cond, labels)
+            return self.process.denoise(self.net, x, t, cond, labels, **extra)
         c_skip, c_out, c_in, c_noise = self.scalings(t)
         nd = x.ndim
-        F_x = self.net(append_dims(c_in, nd) * x, c_noise.flatten(), labels, cond)   # (N, C, ...)
+        F_x = self.net(append_dims(c_in, nd) * x, c_noise.flatten(), labels, cond, **extra)   # (N, C, ...)
         return append_dims(c_skip, nd) * x + append_dims(c_out, nd) * F_x.to(x.dtype)

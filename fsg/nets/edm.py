@@ -7,8 +7,9 @@ EDM or ECT network loads strictly. The defaults are EDM's CIFAR-10 DDPM++ and Im
 
 EDM's networks take `noise_labels` = c_noise as is and one-hot class labels; here class labels are int64
 indices, converted inside, with -1 meaning "no label" (the all-zero vector, EDM's dropped label).
-`map_augment` holds the weights of EDM's augmentation conditioning so that checkpoints trained with
-augmentation load; sampling never passes augmentation labels (as EDM's `generate.py`), so it is unused.
+`map_augment` (with `augment_dim` > 0) embeds the labels of EDM's augmentation pipe (`fsg.data.augment`), added
+to the noise embedding as EDM does; training with `train.augment` passes them, sampling never does (as EDM's
+`generate.py`), which is the "no augmentation" condition since the layer has no bias.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class SongUNetConfig:
     encoder_type: Literal["standard", "skip", "residual"] = "standard"  # DDPM++ standard, NCSN++ residual
     decoder_type: Literal["standard", "skip"] = "standard"   # standard for both
     resample_filter: tuple[int, ...] = (1, 1)                # FIR filter: (1, 1) DDPM++, (1, 3, 3, 1) NCSN++
-    augment_dim: int = 0                                     # augmentation label size of the checkpoint (EDM CIFAR-10: 9)
+    augment_dim: int = 0                                     # augmentation labels (EDM CIFAR-10: 9; train.augment needs 9)
 
     def build(self, shape: tuple, out_channels: int, cond_channels: int = 0, num_classes: int = 0) -> nn.Module:
         return SongUNet(self, tuple(shape), out_channels, cond_channels, num_classes)
@@ -52,7 +53,7 @@ class DhariwalUNetConfig:
     num_blocks: int = 3                                      # residual blocks per resolution
     attn_resolutions: tuple[int, ...] = (32, 16, 8)          # resolutions with self-attention
     dropout: float = 0.10                                    # dropout of intermediate activations
-    augment_dim: int = 0                                     # augmentation label size of the checkpoint
+    augment_dim: int = 0                                     # augmentation labels (train.augment needs 9)
 
     def build(self, shape: tuple, out_channels: int, cond_channels: int = 0, num_classes: int = 0) -> nn.Module:
         return DhariwalUNet(self, tuple(shape), out_channels, cond_channels, num_classes)
@@ -260,12 +261,14 @@ class SongUNet(nn.Module):
                 self.dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, out_channels, 3, **init_zero)
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
-                cond: torch.Tensor | None = None) -> torch.Tensor:
+                cond: torch.Tensor | None = None, augment_labels: torch.Tensor | None = None) -> torch.Tensor:
         n = x.shape[0]
         emb = self.map_noise(noise_labels).reshape(n, 2, -1).flip(1).reshape(n, -1)    # (N, C): [sin, cos], as EDM
         if self.map_label is not None:
             k = self.map_label.in_features
             emb = emb + self.map_label(_one_hot(class_labels, k, n, x.device) * math.sqrt(k))
+        if augment_labels is not None:
+            emb = emb + self.map_augment(augment_labels.to(emb.dtype))                 # (N, augment_dim) -> (N, C)
         emb = F.silu(self.map_layer1(F.silu(self.map_layer0(emb))))                    # (N, emb_channels)
 
         x = x if cond is None else torch.cat([x, cond], dim=1)                          # (N, C + Cc, H, W)
@@ -344,8 +347,11 @@ class DhariwalUNet(nn.Module):
         self.out_conv = Conv2d(cout, out_channels, 3, **init_zero)
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
-                cond: torch.Tensor | None = None) -> torch.Tensor:
-        emb = self.map_layer1(F.silu(self.map_layer0(self.map_noise(noise_labels))))    # (N, emb_channels)
+                cond: torch.Tensor | None = None, augment_labels: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.map_noise(noise_labels)                                              # (N, model_channels)
+        if augment_labels is not None:
+            emb = emb + self.map_augment(augment_labels.to(emb.dtype))
+        emb = self.map_layer1(F.silu(self.map_layer0(emb)))                             # (N, emb_channels)
         if self.map_label is not None:
             emb = emb + self.map_label(_one_hot(class_labels, self.map_label.in_features, x.shape[0], x.device))
         emb = F.silu(emb)

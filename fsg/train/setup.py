@@ -67,6 +67,9 @@ def build_run(recipe, command: str, device: torch.device, teacher: str | Path | 
     if name not in COMMAND_METHODS[command]:
         raise UserError(f"`fsg {command}` runs methods {', '.join(COMMAND_METHODS[command])}; "
                         f"the recipe's method.name is '{name}'")
+    if recipe.train.augment > 0 and name not in ("diffusion", "ddm"):
+        raise UserError(f"train.augment (EDM's augmentation pipe) applies to methods diffusion and ddm; "
+                        f"method.name is '{name}' (set train.augment: 0)")
     _, method_cls = METHODS[name]
     dataset = build_dataset(recipe.data, "train")
     shape = tuple(dataset.shape)
