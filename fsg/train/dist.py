@@ -57,7 +57,8 @@ def slurm_to_torch_env(environ: dict[str, str] | os._Environ = os.environ) -> bo
 
 
 def init_distributed(device: torch.device) -> DistEnv:
-    """Initialise the process group when launched with several processes; no-op for one."""
+    """Initialise the process group under torchrun (any world size) or a Slurm job of several tasks; no-op for
+    a plain single process."""
     slurm_to_torch_env()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 and not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):
