@@ -8,6 +8,7 @@ at 16x16, 10% held out); CBT fine-tunes the DDBM (--init), CBD distils it (--tea
     python benchmarks/bridges.py            # trains runs/{ddbm,cbd,cbt}_edges_digits if missing (3000/1500/1500 steps)
     python benchmarks/bridges.py --quick    # 1000/400/400-step models (EMA 0.99) under runs/bench_quick/, one seed
     python benchmarks/bridges.py --extra RUN [RUN ...]   # also CBT/CBD runs of a sweep, at 2 and 4 NFE
+    python benchmarks/bridges.py --runs DIR  # the three runs in DIR (missing ones trained there with the recipes)
 
 Protocol (the papers' for edges2handbags: metrics over the training pairs): one sample for each of the 1,797
 pairs, the 1,617 training pairs and the 180 held-out ones, sample i from condition i.
@@ -21,7 +22,7 @@ pairs, the 1,617 training pairs and the 180 held-out ones, sample i from conditi
 - The claim's two rows are repeated under `--seeds` seeds; the claim holds when CBT's worst seed is no worse
   than the hybrid's best.
 Time: sampling all samples in one process; speedup = time(DDBM hybrid, NFE 119) / time(row).
-Writes benchmarks/results/bridges.json (bridges_quick.json with --quick).
+Writes benchmarks/results/bridges.json (bridges_quick.json with --quick; bridges_DIRNAME.json with --runs).
 """
 
 from __future__ import annotations
@@ -127,9 +128,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short training under runs/bench_quick/ and one seed")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the claim's two rows (default 3; --quick: 1)")
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="folder of the {ddbm,cbd,cbt}_edges_digits runs (default runs/, --quick: runs/bench_quick/)")
     parser.add_argument("--extra", nargs="*", default=[], type=Path, help="more CBD/CBT runs to evaluate at 2 and 4 NFE")
     args = parser.parse_args(argv)
-    base = ROOT / "runs" / "bench_quick" if args.quick else ROOT / "runs"
+    base = args.runs or (ROOT / "runs" / "bench_quick" if args.quick else ROOT / "runs")
     runs = {key: base / f"{key}_edges_digits" for key in RUNS}
     fsg.train.run.grid_writer = bridge_grid_writer
     models = {key: load_model(ensure(key, runs, args.quick)) for key in RUNS}
@@ -166,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     claim = {"cbt_2nfe_fid": fids["cbt"], "hybrid_119nfe_fid": fids["hybrid"], "seeds": seeds,
              "holds": max(fids["cbt"]) <= min(fids["hybrid"]), "speedup": claim_rows["cbt"][0]["speedup"]}
     steps = {key: (RUNS[key][3] if args.quick else "recipe") for key in RUNS}
-    report("bridges_quick" if args.quick else "bridges",
+    name = "bridges_quick" if args.quick else "bridges"
+    report(name if args.runs is None else f"{name}_{args.runs.resolve().name}",
            f"edges -> digits 16x16: one sample for each of the {n} pairs ({n_train} training, {n - n_train} held out), "
            f"training steps: {steps}",
            ["method", "sampler", "NFE", "FID", "MSE held-out", "accuracy held-out", "FID held-out", "seconds", "speedup"],
