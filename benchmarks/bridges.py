@@ -19,8 +19,8 @@ pairs, the 1,617 training pairs and the 180 held-out ones, sample i from conditi
 - "FID held-out": the 180 held-out samples alone against the 1,797 digits. The true held-out digits themselves
   score about 0.29 here, so this column cannot rank models whose samples are close to the truth; it is
   printed to show that (the benchmark's previous protocol ranked models by it).
-- The claim's two rows are repeated under `--seeds` seeds; the claim holds when CBT's worst seed is no worse
-  than the hybrid's best.
+- The claim's two rows are repeated under `--seeds` seeds; the claim holds when CBT's mean FID over the seeds
+  is no worse than the hybrid's (the seeds each wins on are counted too).
 Time: sampling all samples in one process; speedup = time(DDBM hybrid, NFE 119) / time(row).
 Writes benchmarks/results/bridges.json (bridges_quick.json with --quick; bridges_DIRNAME.json with --runs).
 """
@@ -166,8 +166,10 @@ def main(argv: list[str] | None = None) -> None:
                   "cbt": (next(r for r in rows if r["method"] == "CBT" and r["NFE"] == 2), ("cbt", "cdbm", 2))}
     fids = {name: [row["FID"]] + [measure(*spec, seed=s)[0]["FID"] for s in range(1, seeds)]
             for name, (row, spec) in claim_rows.items()}
-    claim = {"cbt_2nfe_fid": fids["cbt"], "hybrid_119nfe_fid": fids["hybrid"], "seeds": seeds,
-             "holds": max(fids["cbt"]) <= min(fids["hybrid"]), "speedup": claim_rows["cbt"][0]["speedup"]}
+    mean = {name: sum(v) / len(v) for name, v in fids.items()}
+    claim = {"cbt_2nfe_fid": fids["cbt"], "hybrid_119nfe_fid": fids["hybrid"], "seeds": seeds, "mean": mean,
+             "cbt_better_seeds": sum(c <= h for c, h in zip(fids["cbt"], fids["hybrid"])),
+             "holds": mean["cbt"] <= mean["hybrid"], "speedup": claim_rows["cbt"][0]["speedup"]}
     steps = {key: (RUNS[key][3] if args.quick else "recipe") for key in RUNS}
     name = "bridges_quick" if args.quick else "bridges"
     report(name if args.runs is None else f"{name}_{args.runs.resolve().name}",
@@ -177,8 +179,9 @@ def main(argv: list[str] | None = None) -> None:
            [truth, *rows], {"claim": claim, "training_steps": steps, "samples": n, "truth": truth})
     verdict = "holds" if claim["holds"] else "does not hold"
     show = lambda v: " / ".join(f"{f:.3g}" for f in v)  # noqa: E731
-    print(f"CBT at 2 NFE: FID {show(fids['cbt'])} vs DDBM hybrid at 119 NFE: FID {show(fids['hybrid'])} "
-          f"(seeds 0-{seeds - 1}; claim {verdict}), {claim['speedup']:.1f}x faster")
+    print(f"CBT at 2 NFE: FID {show(fids['cbt'])} (mean {mean['cbt']:.3g}) vs DDBM hybrid at 119 NFE: FID "
+          f"{show(fids['hybrid'])} (mean {mean['hybrid']:.3g}); seeds 0-{seeds - 1}, CBT better on "
+          f"{claim['cbt_better_seeds']} of them; claim {verdict} on the mean, {claim['speedup']:.1f}x faster")
 
 
 if __name__ == "__main__":
