@@ -282,3 +282,13 @@ def test_cli_interpolate_writes_the_path(tmp_path, monkeypatch, capsys, model_fi
                            "--latents", f"{tmp_path / 'a.npy'},{tmp_path / 'c.npy'}", "--out", tmp_path / "p.png",
                            "--device", "cpu")
     assert code == 2 and "shape (1, 8, 8)" in err
+
+
+def test_an_earlier_edits_comparison_grid_is_not_an_input(tmp_path):
+    from fsg.sampling.editing import input_files
+
+    for name in ("a.png", "comparison.png", "sub/comparison.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (8, 8)).save(tmp_path / name)
+    assert [n for _, n in input_files(tmp_path)] == ["a.png", "sub/comparison.png"]
+    assert [n for _, n in input_files(tmp_path / "comparison.png")] == ["comparison.png"]   # named: taken

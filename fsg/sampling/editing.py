@@ -210,6 +210,7 @@ PAGODA_TASKS = ("superres", "invert")   # what a PaGoDA generator does: encode w
 STROKE_T_START = 1.2     # SDEdit start time of stroke guidance (noise std in [-1, 1] pixel units)
 STROKE_STEPS = 2
 COMPARISON_COLUMNS = 16  # inputs shown in comparison.png
+COMPARISON_FILE = "comparison.png"  # the overview grid every edit writes beside its results
 
 
 @dataclass
@@ -222,13 +223,15 @@ class EditInputs:
 
 
 def input_files(path: Path) -> list[tuple[Path, str]]:
-    """(file, name) pairs: a single image, or the images of a folder (recursive, sorted)."""
+    """(file, name) pairs: a single image, or the images of a folder (recursive, sorted). A folder's top-level
+    `comparison.png` is the overview grid an earlier `fsg edit --out` wrote there, not an input: it is skipped."""
     from fsg.data.images import is_image_name
 
     if path.is_file():
         return [(path, path.name)]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name))
+        files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name)
+                       and p != path / COMPARISON_FILE)
         if not files:
             raise UserError(f"--input: no image (.png, .jpg, .jpeg, .webp) in {path}")
         return [(p, p.relative_to(path).as_posix()) for p in files]
@@ -517,8 +520,8 @@ def write_results(out: Path, names: list[str], inputs: torch.Tensor, observed: t
     shown = observed is not None and not torch.allclose(observed[:k], inputs[:k], atol=1e-6)
     rows = [inputs[:k], *([observed[:k]] if shown else []), result[:k]]
     grid = grid_image(torch.cat(rows), nrow=k)                                     # (2k or 3k, C, H, W)
-    save_png(grid, out / "comparison.png", scale=max(1, 64 // inputs.shape[-1]))    # small images made visible
-    return [*written, out / "comparison.png"]
+    save_png(grid, out / COMPARISON_FILE, scale=max(1, 64 // inputs.shape[-1]))    # small images made visible
+    return [*written, out / COMPARISON_FILE]
 
 
 def read_latent(path: Path, shape: Sequence[int]) -> torch.Tensor:
