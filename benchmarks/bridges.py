@@ -146,25 +146,25 @@ def main(argv: list[str] | None = None) -> None:
     conds = PairConds(cond_images)
     classifier = load_digits_net()[0].eval()
 
-    def measure(key: str, sampler: str, steps: int, knobs: dict | None = None, seed: int = 0) -> tuple[dict, torch.Tensor]:
+    def measure(key: str, sampler: str, steps: int, knobs: dict | None = None, seed: int = 0) -> dict:
         x, nfe, seconds = sample_timed(models[key], n, 512, seed=seed, sampler=sampler, steps=steps, conds=conds,
                                        **(knobs or {}))
         return {"sampler": sampler, "NFE": nfe, "FID": digits_fid(x), "FID held-out": digits_fid(x[held]),
                 "MSE held-out": float((x[held] - targets[held]).square().flatten(1).mean(1).mean()),
-                "accuracy held-out": class_accuracy(classifier, x[held], classes[held]), "seconds": seconds}, x
+                "accuracy held-out": class_accuracy(classifier, x[held], classes[held]), "seconds": seconds}
 
     rows, base_time = [], None
     truth = {"method": "true digits", "sampler": "", "NFE": 0, "FID": digits_fid(targets),
              "FID held-out": digits_fid(targets[held]), "MSE held-out": 0.0, "accuracy held-out":
              class_accuracy(classifier, targets[held], classes[held])}
     for method, key, sampler, steps, *knobs in rows_spec:
-        row, _ = measure(key, sampler, steps, *knobs)
+        row = measure(key, sampler, steps, *knobs)
         base_time = base_time or row["seconds"]
         rows.append({"method": method, **row, "speedup": base_time / row["seconds"]})
     seeds = 1 if args.quick else args.seeds
     claim_rows = {"hybrid": (rows[0], ("ddbm", "hybrid", 40)),
                   "cbt": (next(r for r in rows if r["method"] == "CBT" and r["NFE"] == 2), ("cbt", "cdbm", 2))}
-    fids = {name: [row["FID"]] + [measure(*spec, seed=s)[0]["FID"] for s in range(1, seeds)]
+    fids = {name: [row["FID"]] + [measure(*spec, seed=s)["FID"] for s in range(1, seeds)]
             for name, (row, spec) in claim_rows.items()}
     mean = {name: sum(v) / len(v) for name, v in fids.items()}
     claim = {"cbt_2nfe_fid": fids["cbt"], "hybrid_119nfe_fid": fids["hybrid"], "seeds": seeds, "mean": mean,

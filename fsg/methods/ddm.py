@@ -56,7 +56,7 @@ class DDMMethod(Method):
             names = ", ".join(p.name for p in DDM_PROCESSES)
             raise UserError(f"method 'ddm' trains the DDM processes ({names}); the recipe's process is '{process.name}'")
         super().__init__(cfg, HeadsDenoiser(model.net, process, model.precond), process, **kw)
-        self.augment = build_augment_pipe(self.recipe, model.net, process)
+        self.augment = build_augment_pipe(self.recipe, model.net)
         self.lpips = None
         if cfg.reconstruction == "l1+lpips":
             from fsg.methods.consistency import load_lpips

@@ -12,30 +12,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from fsg.core.bridges import BridgeProcess
 from fsg.core.processes import append_dims, randn
 from fsg.data.augment import LABELS, AugmentPipe
 from fsg.errors import UserError
 from fsg.methods.base import Method, batch_labels, drop_labels
 from fsg.nets.edm import DhariwalUNet, SongUNet
 
-PAIRED_SOURCES = ("paired-ab", "paired-folders")
-
-
-def build_augment_pipe(recipe, net, process) -> AugmentPipe | None:
-    """EDM's augmentation pipe with p = `train.augment` (None at 0), after checking that the run can use it:
-    unconditional image data, a songunet/dhariwal network with `augment_dim` 9, and no bridge."""
+def build_augment_pipe(recipe, net) -> AugmentPipe | None:
+    """EDM's augmentation pipe with p = `train.augment` (None at 0), after checking that the network takes its
+    labels: songunet/dhariwal with `augment_dim` 9. (`fsg.train.setup.build_run` checks method and data.)"""
     p = recipe.train.augment if recipe is not None else 0.0
     if p == 0:
         return None
-    data = recipe.data
     if not 0 < p <= 1:
         raise UserError(f"train.augment is a probability multiplier in [0, 1], got {p:g}")
-    if data.source.startswith(("toy:", "pair:")):
-        raise UserError(f"train.augment needs image data; data.source '{data.source}' gives 2-D points (set train.augment: 0)")
-    if isinstance(process, BridgeProcess) or data.source in PAIRED_SOURCES or data.degrade is not None:
-        raise UserError("train.augment transforms x0 but not its condition image, so it does not apply to bridges, "
-                        "paired sources or data.degrade (set train.augment: 0)")
     if not isinstance(net, (SongUNet, DhariwalUNet)):
         raise UserError(f"train.augment needs network.arch songunet or dhariwal with network.augment_dim: {len(LABELS)}; "
                         f"this network is {type(net).__name__}")
@@ -59,7 +49,7 @@ class DiffusionMethod(Method):
         if not hasattr(process, "loss_weight"):
             raise UserError(f"method 'diffusion' does not train process '{process.name}' (use its own method, e.g. method.name: ddm)")
         super().__init__(cfg, model, process, **kw)
-        self.augment = build_augment_pipe(self.recipe, model.net, process)
+        self.augment = build_augment_pipe(self.recipe, model.net)
 
     def loss(self, nets, batch, step, gen):
         x0, y = batch["x"], batch.get("cond")

@@ -59,6 +59,20 @@ def recipe_sample_defaults(method_default: dict[str, Any], sample) -> dict[str, 
     return out
 
 
+def _check_augmentable(recipe, method: str, shape: tuple, cond_ch: int) -> None:
+    """`train.augment` needs the diffusion or DDM method and unconditional images (the network is checked by
+    the method: `fsg.methods.diffusion.build_augment_pipe`)."""
+    if method not in ("diffusion", "ddm"):
+        raise UserError(f"train.augment (EDM's augmentation pipe) applies to methods diffusion and ddm; "
+                        f"method.name is '{method}' (set train.augment: 0)")
+    if len(shape) != 3:
+        raise UserError(f"train.augment needs image data; data.source '{recipe.data.source}' gives vectors of shape "
+                        f"{shape} (set train.augment: 0)")
+    if cond_ch:
+        raise UserError("train.augment transforms x0 but not its condition image, so it does not apply to bridges, "
+                        "paired sources or data.degrade (set train.augment: 0)")
+
+
 def build_run(recipe, command: str, device: torch.device, teacher: str | Path | None = None,
               init: str | Path | None = None) -> RunParts:
     from fsg.data import build_dataset
@@ -67,13 +81,12 @@ def build_run(recipe, command: str, device: torch.device, teacher: str | Path | 
     if name not in COMMAND_METHODS[command]:
         raise UserError(f"`fsg {command}` runs methods {', '.join(COMMAND_METHODS[command])}; "
                         f"the recipe's method.name is '{name}'")
-    if recipe.train.augment > 0 and name not in ("diffusion", "ddm"):
-        raise UserError(f"train.augment (EDM's augmentation pipe) applies to methods diffusion and ddm; "
-                        f"method.name is '{name}' (set train.augment: 0)")
     _, method_cls = METHODS[name]
     dataset = build_dataset(recipe.data, "train")
     shape = tuple(dataset.shape)
     cond_ch = dataset.cond_shape[0] if dataset.cond_shape else 0
+    if recipe.train.augment > 0:
+        _check_augmentable(recipe, name, shape, cond_ch)
     num_classes = dataset.num_classes
 
     start_network = getattr(method_cls, "start_network", None)   # PaGoDA: grows the start model to the data's resolution
