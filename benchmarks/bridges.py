@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, report, sample_timed  # noqa: E402
 
-import fsg.train.run  # noqa: E402
+import fsg.app.train  # noqa: E402
 from fsg.data import build_dataset  # noqa: E402
 from fsg.data.config import DataConfig  # noqa: E402
 from fsg.eval.digits import load_digits_net, prepare_digits  # noqa: E402
@@ -45,8 +45,8 @@ from fsg.eval.images import to_uint8  # noqa: E402
 from fsg.eval.quality import digits_fid  # noqa: E402
 from fsg.io.config import from_dict  # noqa: E402
 from fsg.io.images import save_samples_png  # noqa: E402
-from fsg.nets.load import LoadedModel, load_model  # noqa: E402
-from fsg.sampling.bridges import data_conds  # noqa: E402
+from fsg.models.load import LoadedModel, load_model  # noqa: E402
+from fsg.data.conditions import data_conds  # noqa: E402
 
 RUNS = {  # key: (command, recipe, full steps, quick steps, source of the weights)
     "ddbm": ("train-diffusion", "recipes/tiny/ddbm_edges_digits.yaml", None, 1000, None),
@@ -90,7 +90,7 @@ def ensure(key: str, runs: dict[str, Path], quick: bool) -> Path:
         # quick runs are too short for the recipes' EMA 0.999 (after 1,000 steps it still holds e^-1 of the initial
         # weights): they export an EMA of 0.99
         overrides = ["train.ema=[0.99]"] if quick else []
-        fsg.train.run.train(command, ROOT / recipe, overrides, run_dir=run_dir, device="cpu",
+        fsg.app.train.train(command, ROOT / recipe, overrides, run_dir=run_dir, device="cpu",
                             max_steps=short if quick else full,
                             resume="auto" if (run_dir / "checkpoints").is_dir() else None, progress=False, **start)
     return run_dir
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     base = args.runs or (ROOT / "runs" / "bench_quick" if args.quick else ROOT / "runs")
     runs = {key: base / f"{key}_edges_digits" for key in RUNS}
-    fsg.train.run.grid_writer = bridge_grid_writer
+    fsg.app.train.grid_writer = bridge_grid_writer
     models = {key: load_model(ensure(key, runs, args.quick)) for key in RUNS}
     rows_spec = list(ROWS)
     for run in args.extra:

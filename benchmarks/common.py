@@ -18,7 +18,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def ensure_run(command: str, recipe: str, run_dir: Path, teacher: Path | None = None, max_steps: int | None = None) -> Path:
     """Train `recipe` into `run_dir` unless its model already exists; returns the run folder."""
-    from fsg.train.run import train
+    from fsg.app.train import train
 
     if not (run_dir / "model.safetensors").is_file():
         resume = "auto" if (run_dir / "checkpoints").is_dir() else None
@@ -28,9 +28,11 @@ def ensure_run(command: str, recipe: str, run_dir: Path, teacher: Path | None = 
 
 
 def sample_timed(model, n: int, batch_size: int, seed: int = 0, **kw) -> tuple[torch.Tensor, int, float]:
-    """All n samples, the NFE and the wall time of sampling them (one process)."""
+    """All n samples, the NFE and the wall time of sampling them (one process); `model` loaded or a path."""
+    from fsg.models.load import LoadedModel, load_model
     from fsg.sampling.generate import iter_samples
 
+    model = model if isinstance(model, LoadedModel) else load_model(model)
     start = time.perf_counter()
     stream = iter_samples(model, n, seed=seed, batch_size=batch_size, device="cpu", **kw)
     x = torch.cat([b for _, b, _ in stream])

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, ensure_run, report  # noqa: E402
 
 from fsg.eval.quality import digits_fid, toy_distances  # noqa: E402
-from fsg.nets.load import load_model  # noqa: E402
+from fsg.models.load import load_model  # noqa: E402
 from fsg.sampling.generate import iter_samples  # noqa: E402
 
 TARGET_NFE = (2, 5, 10, 20)

@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, ensure_run, report  # noqa: E402
 
 from fsg.eval.quality import digits_fid, toy_distances  # noqa: E402
-from fsg.nets.load import load_model  # noqa: E402
+from fsg.models.load import load_model  # noqa: E402
 from fsg.sampling.generate import iter_samples  # noqa: E402
-from fsg.train.run import train  # noqa: E402
+from fsg.app.train import train  # noqa: E402
 
 MID_T = 0.821          # ECT's CIFAR-10 two-step time
 EDGE_SKIP = 0.5

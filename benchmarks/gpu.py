@@ -110,7 +110,7 @@ def distill_row(data: Path, work: Path, teacher: Path, batch: int, steps: int, t
 
 @torch.no_grad()
 def sampling_rows(teacher: Path, student: Path, n: int) -> list[dict]:
-    from fsg.nets.load import load_model
+    from fsg.models.load import load_model
     from fsg.sampling.generate import iter_samples
 
     device = torch.device("cuda")

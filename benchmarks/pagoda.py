@@ -64,8 +64,8 @@ def main() -> None:
         timings["teacher_s"] = time.perf_counter() - start
     latents = RUNS / f"pagoda_latents{tag}"           # `fsg grow-decoder --stage encode`, read by every stage
     if not (latents / "latents.json").is_file():
-        from fsg.recipe import load_recipe
-        from fsg.train.latents import run_encode
+        from fsg.train.recipe import load_recipe
+        from fsg.app.pagoda_encode import run_encode
 
         start = time.perf_counter()
         run_encode(load_recipe(ROOT / "recipes/tiny/pagoda_mnist_distill.yaml"), teacher, latents,
@@ -75,7 +75,7 @@ def main() -> None:
     for stage in ("distill", "grow16", "grow32"):
         run = RUNS / f"pagoda_{stage}{tag}"
         if not (run / "model.safetensors").is_file():
-            from fsg.train.run import train
+            from fsg.app.train import train
 
             start = time.perf_counter()
             train("grow-decoder", ROOT / f"recipes/tiny/pagoda_mnist_{stage}.yaml", [f"method.latents={latents}"],
@@ -84,8 +84,8 @@ def main() -> None:
             timings[f"{stage}_s"] = time.perf_counter() - start
         previous = run
 
-    from fsg.nets.load import load_model
-    from fsg.sampling.inversion import decode, encode
+    from fsg.models.load import load_model
+    from fsg.core.inversion import decode, encode
 
     n = 256 if args.quick else args.n
     reference = mnist_reference(32)

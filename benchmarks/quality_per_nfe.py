@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, ensure_run, report, sample_timed  # noqa: E402
 
 from fsg.eval.quality import digits_fid, toy_distances  # noqa: E402
-from fsg.nets.load import load_model  # noqa: E402
+from fsg.models.load import load_model  # noqa: E402
 
 
 def toy_rows(n: int) -> list[dict]:

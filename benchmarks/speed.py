@@ -25,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, report  # noqa: E402
 
 from fsg.io.config import to_dict  # noqa: E402
-from fsg.nets.load import LoadedModel, build_denoiser  # noqa: E402
-from fsg.recipe import load_recipe  # noqa: E402
+from fsg.models.load import LoadedModel  # noqa: E402
+from fsg.models.meta import build_denoiser  # noqa: E402
+from fsg.train.recipe import load_recipe  # noqa: E402
 
 
 def model_for(recipe: str, precond: str) -> tuple[LoadedModel, object]:
@@ -83,7 +84,7 @@ def sampling_rows(batch: int, repeats: int) -> list[dict]:
 def training_rows(batch: int, repeats: int) -> list[dict]:
     """Engine step time / time of the bare network passes of that step."""
     from fsg.methods import METHODS
-    from fsg.recipe import TrainConfig
+    from fsg.train.recipe import TrainConfig
     from fsg.train.engine import RunOptions, Trainer
 
     rows = []

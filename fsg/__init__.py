@@ -1,3 +1,5 @@
 """fsg: few-step generation (consistency models, consistency tuning, diffusion bridges, DDM, PaGoDA)."""
 
-__version__ = "0.1.0"
+from fsg.version import __version__
+
+__all__ = ["__version__"]

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import torch
 
-from fsg.core.processes import EDMProcess
+from fsg.core.edm import EDMProcess
 from fsg.io.config import to_dict
-from fsg.nets.load import LoadedModel, build_denoiser
+from fsg.models.load import LoadedModel
+from fsg.models.meta import build_denoiser
 from fsg.nets.mlp import MLPConfig
 from fsg.nets.unet import UNetConfig
 

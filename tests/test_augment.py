@@ -11,10 +11,10 @@ import sys
 import pytest
 import torch
 
-from fsg.core.processes import EDMProcess
+from fsg.core.edm import EDMProcess
 from fsg.data.augment import LABELS, SYM6, AugmentPipe, rotate_matrix, scale_matrix, translate_matrix, warp
 from fsg.errors import UserError
-from fsg.nets.denoiser import Denoiser
+from fsg.models.denoiser import Denoiser
 from fsg.nets.edm import DhariwalUNetConfig, SongUNetConfig
 from fsg.nets.unet import UNetConfig
 
@@ -261,11 +261,11 @@ def test_train_diffusion_with_augmentation_runs_and_refuses_a_plain_unet(tmp_pat
 
 
 def build(tmp_path, *overrides: str):
-    from fsg.recipe import load_recipe
+    from fsg.train.recipe import load_recipe
     from fsg.train.setup import build_run
 
     (tmp_path / "song.yaml").write_text(TINY)
-    return build_run(load_recipe(tmp_path / "song.yaml", overrides), "train-diffusion", torch.device("cpu")).method
+    return build_run(load_recipe(tmp_path / "song.yaml", overrides), "train-diffusion", torch.device("cpu"))
 
 
 @pytest.mark.parametrize("overrides,needle", [
@@ -291,12 +291,14 @@ class _Spy(torch.nn.Module):
 @pytest.mark.parametrize("method", ["diffusion", "ddm"])
 def test_the_loss_regresses_the_augmented_image_and_passes_the_labels(tmp_path, method):
     extra = ["method.name=ddm", "process.name=ddm"] if method == "ddm" else []
-    m = build(tmp_path, *extra)
+    from fsg.train.setup import batch_transform
+
+    m = build(tmp_path, *extra).method
     fake_labels = torch.randn(4, 9)
-    m.augment = lambda images, generator: (torch.ones_like(images), fake_labels)   # augmented image: all ones
+    pipe = lambda images, generator: (torch.ones_like(images), fake_labels)   # noqa: E731  (augmented image: all ones)
     spy = _Spy()
     batch = {"x": torch.randn(4, 1, 8, 8, generator=gen()), "label": torch.full((4,), -1)}
-    _, logs = m.loss({"model": spy}, batch, 0, gen(11))
+    _, logs = m.loss({"model": spy}, batch_transform(pipe, 0, 0.0)(batch, gen(11)), 0, gen(11))
     assert spy.augment_labels is fake_labels
     if method == "diffusion":
         assert logs["mse"] == pytest.approx(1.0)     # mean (0 - 1)^2: the target is the augmented image

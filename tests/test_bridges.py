@@ -21,18 +21,20 @@ from typer.testing import CliRunner
 from fsg.cli import app
 from fsg.core.bridges import (BridgeI2SBProcess, BridgeVEProcess, BridgeVPProcess, bridge_sample,
                               cdbm_time_pair, dbim_step)
-from fsg.core.processes import karras_sigmas
+from fsg.core.schedules import karras_sigmas
 from fsg.data import build_dataset
 from fsg.data.config import DataConfig
 from fsg.errors import UserError
 from fsg.io.config import to_dict
 from fsg.methods.cbd import CBDConfig, CBDMethod
 from fsg.methods.cbt import CBTConfig, CBTMethod
-from fsg.nets.denoiser import Denoiser
-from fsg.nets.load import LoadedModel, build_denoiser
+from fsg.models.denoiser import Denoiser
+from fsg.models.load import LoadedModel
+from fsg.models.meta import build_denoiser
 from fsg.nets.mlp import MLPConfig
-from fsg.sampling.bridges import (condition_source, file_conds, interpolate_bridge, sample_cdbm, sample_dbim,
-                                  sample_dbim_high_order, sample_hybrid)
+from fsg.data.conditions import condition_source, file_conds
+from fsg.sampling.interpolate import interpolate_bridge
+from fsg.sampling.bridges import sample_cdbm, sample_dbim, sample_dbim_high_order, sample_hybrid
 from fsg.sampling.generate import plan_sampler
 from tests.helpers import check_sampler_contract, tiny_meta
 
@@ -270,9 +272,9 @@ def test_pf_ode_drift_follows_the_exact_flow(p):
     ts = torch.linspace(0.8 * p.T, 0.3 * p.T, 201, dtype=torch.float64)
     x_ode = x
     for t, t_next in zip(ts[:-1], ts[1:]):
-        d = p.drift(x_ode, y, D(x_ode, t, cond=y), t)
+        d = p.reverse_drift(x_ode, y, D(x_ode, t, cond=y), t)
         x_euler = x_ode + (t_next - t) * d
-        x_ode = x_ode + (t_next - t) * 0.5 * (d + p.drift(x_euler, y, D(x_euler, t_next, cond=y), t_next))
+        x_ode = x_ode + (t_next - t) * 0.5 * (d + p.reverse_drift(x_euler, y, D(x_euler, t_next, cond=y), t_next))
     assert torch.allclose(x_ode, exact_flow(p, x, y, 0.8 * p.T, 0.3 * p.T), atol=1e-5)
 
 
@@ -474,12 +476,13 @@ def test_cbt_target_is_the_bridge_sample_at_r_with_the_same_noise():
     assert torch.allclose(x_r, a_r * y + b_r * x0 + c_r * z, atol=1e-5)
 
 
-def test_bridge_consistency_methods_refuse_other_processes():
-    from fsg.core.processes import EDMProcess
+def test_bridge_consistency_methods_refuse_other_processes_and_unpaired_data():
+    from fsg.train.setup import _check_method_fits
 
-    net = MLPConfig(hidden=8, depth=1, emb_dim=4).build((2,), 2, 2)
-    with pytest.raises(UserError, match="bridge"):
-        CBTMethod(CBTConfig(), Denoiser(net, EDMProcess(), "consistency"), EDMProcess())
+    with pytest.raises(UserError, match="method 'cbt' trains the processes bridge-vp, bridge-ve, bridge-i2sb"):
+        _check_method_fits(CBTMethod, "edm", (2,), 2, "pair:rings")
+    with pytest.raises(UserError, match="needs paired data"):
+        _check_method_fits(CBTMethod, "bridge-vp", (2,), 0, "toy:moons")
 
 
 # ---------------------------------------------------------------------------------- data and conditions
@@ -513,8 +516,8 @@ def test_conditions_from_a_folder_an_npz_and_the_data(tmp_path):
     model = tiny_bridge_model((2,))
     model.meta["data"] = to_dict(DataConfig(source="pair:rings", toy_size=50))
     test = build_dataset(DataConfig(source="pair:rings", toy_size=50), "test")
-    assert torch.equal(condition_source(model, None)([3, 53]), torch.stack([test[3]["cond"], test[3]["cond"]]))
-    assert not torch.equal(condition_source(model, Path("data:train"))([3]), test[3]["cond"][None])
+    assert torch.equal(condition_source(model.meta, None)([3, 53]), torch.stack([test[3]["cond"], test[3]["cond"]]))
+    assert not torch.equal(condition_source(model.meta, Path("data:train"))([3]), test[3]["cond"][None])
 
 
 def test_interpolation_ends_are_the_two_seeds_samples():
@@ -701,12 +704,12 @@ def test_inpainting_keeps_the_known_pixels_bit_for_bit(sampler, steps, precond):
     """Outside the centred hole the samples equal the condition y exactly; inside they are generated (y is 0
     there, the samples are not); the NFE is that of the unmasked sampler."""
     from fsg.data.degrade import make_mask
-    from fsg.sampling.bridges import mask_source
+    from fsg.data.conditions import mask_source
     from tests.helpers import collect
 
     model = _inpainting_model(precond)
-    conds = condition_source(model, None)                              # the held-out digits, centre zeroed
-    masks, kind = mask_source(model, conds)
+    conds = condition_source(model.meta, None)                              # the held-out digits, centre zeroed
+    masks, kind = mask_source(model.meta, conds)
     assert kind == "mask-center" and torch.equal(masks([0, 1]), make_mask("center", (2, 1, 8, 8)))
     x, nfe = collect(model, 4, sampler=sampler, steps=steps, conds=conds, masks=masks)
     _, plain_nfe = collect(model, 4, sampler=sampler, steps=steps, conds=conds)
@@ -750,11 +753,11 @@ def test_sample_command_keeps_the_known_pixels(tmp_path, monkeypatch, capsys):
 def test_masks_of_stroke_data_a_mask_file_and_interpolation(tmp_path):
     """mask-strokes: the masks are the holes the data was made with, cond = x (1 - mask); they are unknown for
     other conditions unless --mask gives them; a mask image is white on the hole; interpolation keeps y too."""
-    from fsg.sampling.bridges import mask_source
+    from fsg.data.conditions import mask_source
 
     model = _inpainting_model(degrade="mask-strokes")
-    conds = condition_source(model, Path("data:train"))
-    masks, kind = mask_source(model, conds)
+    conds = condition_source(model.meta, Path("data:train"))
+    masks, kind = mask_source(model.meta, conds)
     items = build_dataset(DataConfig(source="digits", degrade="mask-strokes", holdout=0.1), "train")
     m = masks([3, 4])
     assert kind == "mask-strokes" and m.sum() > 0 and not torch.equal(m[0], m[1])
@@ -762,17 +765,17 @@ def test_masks_of_stroke_data_a_mask_file_and_interpolation(tmp_path):
         assert torch.equal(items[j]["cond"], items[j]["x"] * (1 - mask))
     np.savez(tmp_path / "c.npz", cond=np.zeros((2, 8, 8, 1), np.uint8))
     with pytest.raises(UserError, match="--mask"):
-        mask_source(model, condition_source(model, tmp_path / "c.npz"))
+        mask_source(model.meta, condition_source(model.meta, tmp_path / "c.npz"))
     picture = np.zeros((16, 16), np.uint8)
     picture[:8] = 255                                                    # the top half is the hole
     Image.fromarray(picture).save(tmp_path / "hole.png")
-    masks, kind = mask_source(model, conds, tmp_path / "hole.png")
+    masks, kind = mask_source(model.meta, conds, tmp_path / "hole.png")
     expected = torch.zeros(2, 1, 8, 8)
     expected[:, :, :4] = 1
     assert kind == str(tmp_path / "hole.png") and torch.equal(masks([0, 7]), expected)
 
     center = _inpainting_model("consistency")
-    y = condition_source(center, None)([0])[0]
+    y = condition_source(center.meta, None)([0])[0]
     path, _ = interpolate_bridge(center, y, 3, sampler="cdbm", steps=2)
     hole = torch.zeros(8, 8, dtype=torch.bool)
     hole[2:6, 2:6] = True
@@ -787,7 +790,43 @@ def test_folder_conditions_are_resized_as_the_model_data_resized_them(tmp_path):
     Image.fromarray(pixels).save(folder / "0.png")
     model = tiny_bridge_model((3, 8, 8))
     model.meta["data"] = to_dict(DataConfig(source="paired-folders", resize_cond="nearest"))
-    y = condition_source(model, folder)([0])[0]                            # (3, 8, 8) in [-1, 1]
+    y = condition_source(model.meta, folder)([0])[0]                            # (3, 8, 8) in [-1, 1]
     source = {tuple(p) for p in pixels.reshape(-1, 3).tolist()}
     got = ((y + 1) * 127.5).round().to(torch.int64).permute(1, 2, 0).reshape(-1, 3).tolist()
     assert all(tuple(p) in source for p in got)
+
+
+# ------------------------------------------------------------------------ fidelity to the reference samplers
+
+def test_dbim_coefficients_keep_python_float_times_in_float64():
+    """DiffusionBridge's `sample_dbim` in float64, bridge-VP (beta_d 2, beta_min 0.1, T 1), s = 0.999 -> t = 0.8, eta 0:
+    x_t = k x_s + (b_t - k b_s) x0_hat + (a_t - k a_s) y with k = c_t / c_s = 10.775732849972 (through float32
+    times the same formula gives 10.775801906); bridge-VE (T 80), s = 79.9 -> t = 40: k = 8.673803891349."""
+    one, zero = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+    vp = BridgeVPProcess(beta_d=2.0, beta_min=0.1, t_max=1.0)
+    assert float(dbim_step(vp, one, zero, zero, 0.999, 0.8)) == pytest.approx(10.775732849972, rel=1e-11)
+    assert float(dbim_step(vp, zero, one, zero, 0.999, 0.8)) == pytest.approx(0.311053531618, rel=1e-10)
+    assert float(dbim_step(vp, zero, zero, one, 0.999, 0.8)) == pytest.approx(-10.116932792878, rel=1e-11)
+    ve = BridgeVEProcess(t_max=80.0)
+    assert float(dbim_step(ve, one, zero, zero, 79.9, 40.0)) == pytest.approx(8.673803891349, rel=1e-11)
+
+
+@pytest.mark.parametrize("w,ode,sde", [(1.0, 1 / 24, 0.05), (0.5, 1 / 30, 0.05), (0.0, 0.025, 0.05)])
+def test_hybrid_guidance_on_bridge_ve_follows_ddbm_to_d(w, ode, sde):
+    """DDBM's VE `to_d`: d = -g^2/2 (s0 - w h) in the ODE, -g^2 s0 in the stochastic step, with g^2 = 2 sigma,
+    s0 = (D - x)/sigma^2 and h = (y - x)/(T^2 - sigma^2). T = 80, sigma = 40, x = 1, y = 3, D = 0:
+    s0 = -1/1600, h = 1/2400; ODE -40 (-1/1600 - w/2400), SDE 80/1600 = 0.05 whatever w."""
+    p = BridgeVEProcess(t_max=80.0)
+    x, y, d = (torch.full((1, 1), v, dtype=torch.float64) for v in (1.0, 3.0, 0.0))
+    assert float(p.reverse_drift(x, y, d, 40.0, stochastic=False, w=w)) == pytest.approx(ode, rel=1e-9)
+    assert float(p.reverse_drift(x, y, d, 40.0, stochastic=True, w=w)) == pytest.approx(sde, rel=1e-9)
+
+
+@pytest.mark.parametrize("w,ode,sde", [(1.0, 3.131790956253, 3.694125504861), (0.5, 1.572062752431, 2.134397301039)])
+def test_hybrid_guidance_on_bridge_vp_follows_ddbm_get_d_vp(w, ode, sde):
+    """DDBM's `get_d_vp` (beta_d 2, beta_min 0.1, T 1), t = 0.5, x = 1, y = 3, D = 0: w weighs the h-term in both
+    the ODE and the stochastic step (values from the reference's own expressions)."""
+    p = BridgeVPProcess(beta_d=2.0, beta_min=0.1, t_max=1.0)
+    x, y, d = (torch.full((1, 1), v, dtype=torch.float64) for v in (1.0, 3.0, 0.0))
+    assert float(p.reverse_drift(x, y, d, 0.5, stochastic=False, w=w)) == pytest.approx(ode, rel=1e-9)
+    assert float(p.reverse_drift(x, y, d, 0.5, stochastic=True, w=w)) == pytest.approx(sde, rel=1e-9)

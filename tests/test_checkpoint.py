@@ -5,7 +5,7 @@ import torch
 
 from fsg.errors import UserError
 from fsg.io.checkpoint import list_states, load_state, read_model, save_model, save_state, state_path
-from fsg.nets.load import load_model
+from fsg.models.load import load_model
 from tests.helpers import tiny_model
 
 

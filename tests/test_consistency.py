@@ -4,10 +4,10 @@
 import pytest
 import torch
 
-from fsg.core.processes import EDMProcess
+from fsg.core.edm import EDMProcess
 from fsg.methods.cd import CDConfig, CDMethod
 from fsg.methods.ct import CTConfig, CTMethod
-from fsg.nets.denoiser import Denoiser
+from fsg.models.denoiser import Denoiser
 from fsg.nets.mlp import MLPConfig
 from tests.gaussian import ExactConsistency, ExactDenoiser
 
@@ -56,38 +56,41 @@ def test_target_network_ema_update():
         assert torch.allclose(t, 0.9 * b + 0.1 * p)          # theta^- <- mu theta^- + (1 - mu) theta
 
 
+class MaskProbe(torch.nn.Module):
+    """F(x, t) = w * dropout(1): its output is its own dropout mask (scaled by 1/(1 - p)), whatever x and t."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        self.drop = torch.nn.Dropout(p)
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x, c_noise, labels=None, cond=None, **kw):
+        return self.w * self.drop(torch.ones_like(x))
+
+
 def test_ct_target_shares_noise_and_dropout_mask():
-    """CT: x_{t_{n+1}} = x0 + t_{n+1} z with the same z, and the target pass replays the online dropout mask:
-    with mu = 0 (target = online weights) and N = 2 the two passes differ only through t."""
+    """CT (Algorithm 3 of Song et al. 2023): the target sees x_r = x0 + r z with the z of x_t = x0 + t z, and replays
+    the online pass's dropout mask. Checked on the inputs and masks the two passes really see (a fresh z for the
+    target, or a target pass without the replay, fails this test)."""
     torch.manual_seed(0)
-    net = MLPConfig(hidden=16, depth=1, emb_dim=4, dropout=0.5).build((2,), 2)
-    model = Denoiser(net, EDMProcess(), "consistency").train()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    seen = []
-    real_forward = model.forward
-
-    def spy(x, t, cond=None, labels=None):
-        out = real_forward(x, t, cond=cond, labels=labels)
-        seen.append((x.clone(), t.clone()))
-        return out
-
-    method = CTMethod(CTConfig(schedule="ict", s0=1, s1=1, total_steps=10), model, EDMProcess())
-    method.target.forward = spy
-    x0 = torch.randn(8, 2)
-    gen = torch.Generator().manual_seed(1)
-    method.loss({"model": model}, {"x": x0}, 0, gen)
-    (x_r, r), = seen
-    # N = 2: t = sigma_max, r = sigma_min; x_r = x0 + r z where z = (x_t - x0) / t
-    assert torch.allclose(r, torch.full_like(r, 0.002))
-    # same dropout mask: evaluating the target twice with the replayed RNG is deterministic
-    from fsg.methods.base import SharedDropout
-    rng = SharedDropout(torch.device("cpu"))
-    a = model(x0, torch.full((8,), 1.0))
-    with rng.replay():
-        b = model(x0, torch.full((8,), 1.0))
-    assert torch.equal(a, b)
+    process = EDMProcess()
+    model = Denoiser(MaskProbe(), process, "consistency").train()
+    method = CTMethod(CTConfig(schedule="ict", s0=10, s1=10, total_steps=10), model, process)
+    assert method.target.training                     # the target pass runs dropout too (reference: target_model.train())
+    calls, masks = [], []
+    for who, net in (("online", model), ("target", method.target)):
+        net.register_forward_pre_hook(lambda m, args, who=who: calls.append((who, args[0].detach().clone(), args[1].detach().clone())))
+        net.net.drop.register_forward_hook(lambda m, i, o, who=who: masks.append((who, o.detach() != 0)))
+    x0 = torch.randn(64, 2)
+    method.loss({"model": model}, {"x": x0}, 0, torch.Generator().manual_seed(1))
+    assert [c[0] for c in calls] == ["online", "target"] and [m[0] for m in masks] == ["online", "target"]
+    (_, x_t, t), (_, x_r, r) = calls
+    z = (x_t - x0) / t[:, None]
+    assert bool((r < t).all())
+    assert torch.allclose(x_r, x0 + r[:, None] * z, rtol=0, atol=1e-4)
+    m_online, m_target = masks[0][1], masks[1][1]
+    assert 0.2 < m_online.float().mean() < 0.8
+    assert torch.equal(m_online, m_target)
 
 
 def test_lpips_distance_without_local_weights_is_a_clear_error(monkeypatch):

@@ -5,9 +5,11 @@ import math
 import pytest
 import torch
 
-from fsg.core.processes import EDMProcess, VPProcess, consistency_scalings, karras_index_to_sigma, karras_sigmas, pseudo_huber
+from fsg.core.edm import EDMProcess, VPProcess, consistency_scalings
+from fsg.core.schedules import karras_index_to_sigma, karras_sigmas
+from fsg.core.distances import pseudo_huber
 from fsg.core.schedules import ct_num_scales_and_ema, ect_r, ict_num_scales, lognormal_index_probs
-from fsg.core.solvers import euler_step, heun_step
+from fsg.core.solvers import euler_step, heun_step, ode_velocity
 from tests.gaussian import ExactDenoiser, ode_solution
 
 
@@ -67,7 +69,7 @@ def test_heun_is_second_order_on_gaussian_data(n_steps):
         ts = torch.linspace(T, t_end, n + 1, dtype=torch.float64)
         x = x_T
         for a, b in zip(ts[:-1], ts[1:]):
-            x = step(lambda y, u: D(y, u), x, float(a), float(b))
+            x = step(ode_velocity(EDMProcess(), D), x, float(a), float(b))
         return (x - exact).abs().max().item()
 
     e1, e2 = solve(heun_step, n_steps), solve(heun_step, 2 * n_steps)

@@ -7,14 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from fsg.core.ddm import DDM_PROCESSES, DDMConst2Process, DDMLinearProcess, DDMProcess
+from fsg.core.ddm import DDMConst2Process, DDMLinearProcess, DDMProcess
+
+DDM_PROCESSES = [DDMProcess, DDMLinearProcess, DDMConst2Process]
 from fsg.errors import UserError
 from fsg.io.config import to_dict
 from fsg.methods.ddm import DDMConfig, DDMMethod
-from fsg.nets.denoiser import Denoiser
-from fsg.nets.load import LoadedModel, build_denoiser
+from fsg.models.denoiser import Denoiser
+from fsg.models.load import LoadedModel
+from fsg.models.meta import build_denoiser
 from fsg.sampling.ddm import sample_ddm, uniform_times
-from tests.helpers import check_sampler_contract, tiny_meta
+from fsg.sampling.generate import plan_sampler
+from tests.helpers import check_sampler_contract, tiny_meta, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -294,19 +298,21 @@ def test_loss_by_hand_with_a_zero_network():
     assert method.model.net.w.grad is not None and torch.isfinite(method.model.net.w.grad)
 
 
-def test_method_rejects_a_non_ddm_process():
-    from fsg.core.processes import EDMProcess
+def test_method_rejects_a_non_ddm_process(tmp_path):
+    from fsg.train.recipe import load_recipe
+    from fsg.train.setup import build_run
 
-    with pytest.raises(UserError, match="DDM processes"):
-        DDMMethod(DDMConfig(), Denoiser(ZeroNet(), EDMProcess()), EDMProcess())
+    recipe = load_recipe("tiny/ddm_toy", ["process.name=edm"])
+    with pytest.raises(UserError, match="method 'ddm' trains the processes ddm, ddm-linear, ddm-const2"):
+        build_run(recipe, "train-diffusion", torch.device("cpu"))
 
 
 # ---------------------------------------------------------------- train -> sample
 
 def test_train_then_sample_uses_the_ddm_sampler(tmp_path):
     from fsg.io.checkpoint import read_model
-    from fsg.sampling.write import run_sampling
-    from fsg.train.run import train
+    from fsg.app.sample import run_sampling
+    from fsg.app.train import train
 
     run = tmp_path / "ddm"
     train("train-diffusion", ROOT / "recipes/tiny/ddm_toy.yaml", ["train.batch_size=64", "network.hidden=32"],
@@ -315,3 +321,54 @@ def test_train_then_sample_uses_the_ddm_sampler(tmp_path):
     assert meta["sample"] == {"sampler": "ddm", "steps": 10} and meta["out_channels"] == 4
     report = run_sampling(run, 200, out=tmp_path / "s.npz", grid=None, device="cpu")
     assert report["sampler"] == "ddm" and report["nfe"] == 10
+
+
+# ------------------------------------------------------------------------ fidelity to DDM-Public's samplers
+
+class PointMassHeads:
+    """The exact heads of the `ddm` process for data that is one point x0* = 0.5: C = -0.5 and
+    eps(x, t) = (x - (1 - t) 0.5) / sqrt(t); records the times it is called at."""
+
+    def __init__(self):
+        self.times = []
+
+    def heads(self, x, t):
+        self.times.append(float(t))
+        x0 = torch.full_like(x, 0.5)
+        return {"C": -x0, "eps": (x - (1 - t) * x0) / t**0.5, "x0": x0}
+
+
+class Fixed:
+    def __init__(self, z):
+        self.z = z
+
+    def randn(self, shape, dtype=torch.float32):
+        return self.z.to(dtype).expand(shape)
+
+
+@pytest.mark.parametrize("z,want", [(0.0, 0.75), (1.0, 1.25), (-2.0, -0.25)])
+def test_ddm_heun_evaluates_the_corrector_at_the_noiseless_point_as_the_reference(z, want):
+    """DDM-Public's `sample_fn_2order`, one step t = 1 -> 0.5 from x = 1 on the point mass: Euler point x_h = 0.75,
+    corrector there (d' = d), then the noise sqrt(s (t - s) / t) z = 0.5 z is added: 0.75 + 0.5 z, exactly
+    q(x_0.5 | x_1 = 1) = N(0.75, 0.25). (Evaluating the corrector at the noised point gives 0.75 + 0.25 z.)"""
+    heads = PointMassHeads()
+    x = sample_ddm(heads, torch.ones(1, 1, dtype=torch.float64), torch.tensor([1.0, 0.5], dtype=torch.float64),
+                   Fixed(torch.tensor(z)), DDMProcess(), second_order=True, first_order_tail=0)
+    assert float(x) == pytest.approx(want, abs=1e-12) and heads.times == [1.0, 0.5]
+
+
+def test_split_last_step_follows_the_references_default_grid():
+    """DDM-Public's `sample_fn(denoise=True)`, N = 2: calls at t = 1, 0.5 and t_eps = 1e-4 (N + 1 NFE); the step
+    0.5 -> t_eps has std sqrt((0.5 - 1e-4) 1e-4 / 0.5) and the last one lands on x0* = 0.5 exactly."""
+    model = tiny_ddm_model(DDMProcess(), (2,), steps=2)
+    plan = plan_sampler(model, "ddm", 2, split_last=True)
+    assert plan.times.tolist() == [1.0, 0.5, 1e-4, 0.0]
+    heads = PointMassHeads()
+    x = sample_ddm(heads, torch.ones(1, 1, dtype=torch.float64), plan.times, Fixed(torch.tensor(0.3)), DDMProcess())
+    assert heads.times == [1.0, 0.5, 1e-4] and float(x) == pytest.approx(0.5, abs=1e-12)
+    _, std = DDMProcess().posterior(torch.ones(1, 1), heads.heads(torch.ones(1, 1), 0.5), 0.5, 1e-4)
+    assert float(std) == pytest.approx(((0.5 - 1e-4) * 1e-4 / 0.5) ** 0.5, rel=1e-6)
+    with pytest.raises(UserError, match="const2"):
+        plan_sampler(tiny_ddm_model(DDMConst2Process(), (2,), steps=2), "ddm", 2, split_last=True)
+    with pytest.raises(UserError, match="--split-last applies to the ddm and ddm-heun samplers"):
+        plan_sampler(tiny_model(shape=(2,)), "heun", 4, split_last=True)

@@ -10,14 +10,16 @@ from torch import nn
 from typer.testing import CliRunner
 
 from fsg.cli import app
-from fsg.core.processes import EDMProcess, VPProcess, pseudo_huber
+from fsg.core.edm import EDMProcess, VPProcess
+from fsg.core.distances import pseudo_huber
 from fsg.core.schedules import ect_r
 from fsg.errors import UserError
 from fsg.io.checkpoint import read_model, save_model
 from fsg.methods.ect import (ECTConfig, ECTMethod, SCTConfig, SCTMethod, estimate_variance, posterior_mean,
                              reference_weights)
-from fsg.nets.denoiser import Denoiser
+from fsg.models.denoiser import Denoiser
 from fsg.nets.mlp import MLPConfig
+from fsg.sampling.generate import plan_sampler
 from fsg.sampling.samplers import sample_consistency
 from tests.helpers import check_sampler_contract, tiny_model
 
@@ -71,7 +73,7 @@ def test_sct_target_equals_ect_with_a_one_sample_reference_batch(labels):
     if labels is None:
         batch = {"x": torch.randn(1, 2, generator=gen)}
     else:
-        batch = {"x": torch.randn(6, 2, generator=gen), "label": torch.arange(6)}
+        batch = {"x": torch.randn(6, 2, generator=gen), "label": torch.arange(6), "label_true": torch.arange(6)}
     ect, ect_logs = _loss(ECTMethod, ECTConfig(), batch)
     sct, sct_logs = _loss(SCTMethod, SCTConfig(schedule="stages"), batch)
     assert sct == ect
@@ -81,15 +83,17 @@ def test_sct_target_equals_ect_with_a_one_sample_reference_batch(labels):
 def test_dropped_labels_train_the_unconditional_target():
     """label_dropout = 1 (classifier-free guidance, every label dropped): the net sees the null label and the
     score identity uses the whole batch, so the loss is the unlabeled batch's (after the same label draw)."""
-    from types import SimpleNamespace
+    from fsg.train.setup import batch_transform
 
     x = torch.randn(16, 2, generator=torch.Generator().manual_seed(5))
-    recipe = SimpleNamespace(train=SimpleNamespace(label_dropout=1.0))
     model = _model(num_classes=10)
-    method = SCTMethod(SCTConfig(), model, EDMProcess(), recipe=recipe)
-    labeled = method.loss({"model": model}, {"x": x, "label": torch.arange(16) % 10}, 5, torch.Generator().manual_seed(3))
+    method = SCTMethod(SCTConfig(), model, EDMProcess())
     gen = torch.Generator().manual_seed(3)
-    torch.rand(16, generator=gen)                                       # the draw of drop_labels
+    dropped = batch_transform(None, 10, 1.0)({"x": x, "label": torch.arange(16) % 10}, gen)   # the engine's label dropout
+    assert (dropped["label"] == -1).all() and torch.equal(dropped["label_true"], torch.arange(16) % 10)
+    labeled = method.loss({"model": model}, dropped, 5, gen)
+    gen = torch.Generator().manual_seed(3)
+    torch.rand(16, generator=gen)                                       # the draw of the label dropout
     unlabeled = method.loss({"model": model}, {"x": x}, 5, gen)
     assert labeled[0]["model"].item() == unlabeled[0]["model"].item()
     assert labeled[1]["target_var"] == unlabeled[1]["target_var"]
@@ -206,10 +210,10 @@ def test_edge_skipping_step_by_hand():
     for eta in (0.0, 0.6, 1.0):
         f = x / 2
         x_next = f + eta * (x - f) / 4 + math.sqrt(1 - eta**2) * z
-        got = sample_consistency(lambda v, t: v / 2, x, times, _FixedNoise(z), t_min=0.0, edge_skip=eta)
+        got = sample_consistency(lambda v, t: v / 2, x, times, _FixedNoise(z), EDMProcess(sigma_min=0.0), edge_skip=eta)
         assert torch.allclose(got, x_next / 2)
     with pytest.raises(UserError):
-        sample_consistency(lambda v, t: v / 2, x, times, _FixedNoise(z), edge_skip=1.5)
+        plan_sampler(tiny_model(shape=(2,), precond="consistency"), "consistency", 2, edge_skip=1.5)
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (2,)])

@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from fsg.core.edm import EDMProcess
 from fsg.io.checkpoint import save_model
-from fsg.sampling.editing import (LUMA, Colorize, Inpaint, SlerpNoise, SuperRes, edit_batches, orthogonal_basis,
-                                  sample_edit, sample_interpolation, sdedit_times, slerp)
+from fsg.sampling.editing import LUMA, Colorize, Inpaint, SuperRes, edit_batches, orthogonal_basis, sample_edit, sdedit_times
+from fsg.sampling.noise import SlerpNoise, slerp
 from fsg.sampling.generate import plan_sampler
 from fsg.sampling.noise import SampleNoise
 from fsg.sampling.samplers import CountingDenoiser, sample_consistency
@@ -21,6 +22,7 @@ from tests.gaussian import ExactConsistency
 from tests.helpers import collect, tiny_model
 
 T_MIN = 0.002
+EDM = EDMProcess(sigma_min=T_MIN)
 
 
 def images(n, c=3, size=8, seed=0):
@@ -30,7 +32,7 @@ def images(n, c=3, size=8, seed=0):
 
 def edit(model, y, replace, steps=3, seed=0):
     times = plan_sampler(model, "consistency", steps=steps).times
-    run = lambda d, yb, z: sample_edit(d, yb, times, z, replace, T_MIN)  # noqa: E731
+    run = lambda d, yb, z: sample_edit(d, yb, times, z, EDM, replace)  # noqa: E731
     return edit_batches(model, y, run, seed, batch_size=len(y), device="cpu")
 
 
@@ -85,7 +87,7 @@ def test_algorithm_4_unrolled_by_hand_on_a_gaussian():
     omega = torch.zeros(1, 1, 8, 8)
     omega[..., :4, :] = 1
     with torch.no_grad():
-        out = sample_edit(f, y, torch.tensor([t1, t2]), SampleNoise(9, [0, 1]), Inpaint(omega), T_MIN)
+        out = sample_edit(f, y, torch.tensor([t1, t2]), SampleNoise(9, [0, 1]), EDM, Inpaint(omega))
     z = SampleNoise(9, [0, 1])
     z1, z2 = z.randn(y.shape, torch.float64), z.randn(y.shape, torch.float64)
     hole = omega.bool()
@@ -101,9 +103,9 @@ def test_stroke_guidance_is_consistency_sampling_from_the_noised_painting():
     times = sdedit_times(2.0, 2, T_MIN)
     d = CountingDenoiser(model.denoiser, clip=True)
     with torch.no_grad():
-        out = sample_edit(d, y, times, SampleNoise(1, [0, 1]), None, T_MIN)
+        out = sample_edit(d, y, times, SampleNoise(1, [0, 1]), EDM, None)
         z = SampleNoise(1, [0, 1])
-        ref = sample_consistency(d, y + 2.0 * z.randn(y.shape, torch.float64), times, z, T_MIN)
+        ref = sample_consistency(d, y + 2.0 * z.randn(y.shape, torch.float64), times, z, EDM)
     assert torch.equal(out, ref)
 
 
@@ -144,7 +146,7 @@ def test_editing_contract_seed_determinism_and_batch_independence():
     model = tiny_model(shape=(1, 8, 8), precond="consistency")
     y = images(5, c=1, seed=13).float()
     times = plan_sampler(model, "consistency", steps=2).times
-    run = lambda d, yb, z: sample_edit(d, yb, times, z, SuperRes(2), T_MIN)  # noqa: E731
+    run = lambda d, yb, z: sample_edit(d, yb, times, z, EDM, SuperRes(2))  # noqa: E731
     a, nfe = edit_batches(model, y, run, seed=3, batch_size=5, device="cpu")
     b, _ = edit_batches(model, y, run, seed=3, batch_size=2, device="cpu")
     c, _ = edit_batches(model, y, run, seed=4, batch_size=5, device="cpu")
@@ -172,7 +174,7 @@ def test_interpolation_endpoints_are_the_plain_samples_of_the_two_seeds(steps):
     alpha = torch.linspace(0, 1, 4, dtype=torch.float64)
     d = CountingDenoiser(model.denoiser, clip=True)
     with torch.no_grad():
-        path = sample_interpolation(d, z0, z1, alpha, plan.times, SlerpNoise(a, b, alpha), T_MIN).float()
+        path = plan.run(d, float(plan.times[0]) * slerp(z0, z1, alpha), SlerpNoise(a, b, alpha)).float()
     assert d.nfe == steps
     plain_a, _ = collect(model, 1, seed=5, steps=steps, sampler="consistency")
     plain_b, _ = collect(model, 1, seed=6, steps=steps, sampler="consistency")
@@ -285,7 +287,7 @@ def test_cli_interpolate_writes_the_path(tmp_path, monkeypatch, capsys, model_fi
 
 
 def test_an_earlier_edits_comparison_grid_is_not_an_input(tmp_path):
-    from fsg.sampling.editing import input_files
+    from fsg.app.edit import input_files
 
     for name in ("a.png", "comparison.png", "sub/comparison.png"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from fsg.errors import EXIT_NONFINITE, EXIT_PREEMPTED
 from fsg.train.dist import first_host, slurm_to_torch_env
 from fsg.train.engine import lr_factor
-from fsg.recipe import TrainConfig
+from fsg.train.recipe import TrainConfig
 
 RECIPE = """
 data: {{source: "toy:moons", toy_size: 4096}}
@@ -214,7 +214,7 @@ def test_lr_schedule_by_hand():
 def test_bare_cuda_means_the_local_ranks_gpu(monkeypatch):
     """Under torchrun/Slurm, `--device cuda` (no index) must give each process its own GPU: DDP and
     torch.cuda.set_device need an index (found on an H100 under torchrun)."""
-    from fsg.cli.common import resolve_device
+    from fsg.train.dist import resolve_device
     from fsg.errors import UserError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

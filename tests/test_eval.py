@@ -15,11 +15,14 @@ from PIL import Image
 
 from fsg.errors import UserError
 from fsg.eval import inception as inception_mod
-from fsg.eval.fid import accumulate, compare, reference_stats
+from fsg.eval.fid import accumulate, compare
+from fsg.app.evaluate import reference_stats
 from fsg.eval.images import to_uint8
 from fsg.eval.inception import INCEPTION_SHA256, INCEPTION_URL, CleanFeatures
-from fsg.eval.paired import LIN_FILE, LPIPS_CHANNELS, VGG_FILE, _vgg16_trunk, load_lpips, paired_metrics
-from fsg.eval.sources import Stats, array_source, folder_source, open_source
+from fsg.eval.paired import paired_metrics
+from fsg.nets.lpips import LIN_FILE, LPIPS_CHANNELS, VGG_FILE, _vgg16_trunk, load_lpips
+from fsg.eval.stats import Stats
+from fsg.app.image_sources import array_source, folder_source, open_source
 from fsg.eval.stats import FeatureStats, fid_from_stats, frechet_distance, kid, mmd_rbf, sliced_wasserstein
 
 

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from fsg.cli import app
 from fsg.errors import UserError
 from fsg.io.checkpoint import read_model
-from fsg.io.importers import build_network, import_checkpoint, infer_adm_config, parameter_count
+from fsg.models.importers import build_network, import_checkpoint, infer_adm_config, parameter_count
 from fsg.nets.adm import ADMConfig, AttentionBlock, timestep_embedding
 from fsg.nets.edm import (Conv2d, DhariwalUNet, DhariwalUNetConfig, FourierEmbedding, PositionalEmbedding, SongUNet,
                           SongUNetConfig, UNetBlock)

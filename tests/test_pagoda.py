@@ -7,16 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from fsg.core.processes import EDMProcess, karras_sigmas
+from fsg.core.edm import EDMProcess
+from fsg.core.schedules import karras_sigmas
 from fsg.io.config import to_dict
 from fsg.methods.pagoda import (PaGoDAConfig, PaGoDAMethod, adaptive_gan_weight, hinge_disc_loss)
-from fsg.nets.denoiser import Denoiser
+from fsg.models.denoiser import Denoiser
 from fsg.nets.grow import GrownConfig, copy_matching, freeze_by_block, grown_config
-from fsg.nets.load import LoadedModel, build_denoiser
+from fsg.models.load import LoadedModel
+from fsg.models.meta import build_denoiser
 from fsg.nets.unet import UNetConfig
-from fsg.recipe import Recipe
-from fsg.data.config import DataConfig
-from fsg.sampling.inversion import inversion_times, invert
+from fsg.methods.base import RunInfo
+from fsg.core.inversion import inversion_times, invert
 from fsg.sampling.samplers import sample_heun
 from tests.gaussian import ExactDenoiser, ode_solution
 from tests.helpers import check_sampler_contract
@@ -32,9 +33,9 @@ def test_inversion_times_ascend_from_sigma_min_to_sigma_max():
 
 @torch.no_grad()
 def _round_trip_error(D, x0, steps):
-    z = invert(lambda x, t: D(x, t), x0, inversion_times(steps, 0.002, 80.0))
+    z = invert(EDMProcess(), lambda x, t: D(x, t), x0, inversion_times(steps, 0.002, 80.0))
     forward = karras_sigmas(steps + 1, 0.002, 80.0, append_zero=False)      # 80 -> 0.002
-    back = sample_heun(lambda x, t: D(x, t), z, forward, noise=None)
+    back = sample_heun(lambda x, t: D(x, t), z, forward, None, EDMProcess())
     return z, float((back - x0).abs().max())
 
 
@@ -124,11 +125,10 @@ def test_pagoda_sampler_contract_at_the_grown_resolution():
 def test_generator_and_discriminator_steps_alternate():
     teacher = Denoiser(BASE.build((1, 8, 8), 1), EDMProcess()).eval()
     cfg = PaGoDAConfig(stage="distill", inversion_steps=2, distance="l2", gan_weight=0.2, disc_channels=4)
-    recipe = Recipe(data=DataConfig(source="digits", resolution=16, downsample=2), method=cfg)
     model = Denoiser(BASE.build((1, 8, 8), 1), EDMProcess())
-    method = PaGoDAMethod(cfg, model, EDMProcess(), teacher=teacher, recipe=recipe)
+    method = PaGoDAMethod(cfg, model, EDMProcess(), teacher=teacher, run=RunInfo(shape=(1, 8, 8)))
     assert set(method.trainable()) == {"model", "disc"} and method.optimizer_overrides("disc") == {"lr": 2e-3}
-    batch = {"x": torch.rand(3, 1, 8, 8) * 2 - 1, "label": torch.full((3,), -1), "index": torch.arange(3)}
+    batch = {"x": torch.rand(3, 1, 8, 8) * 2 - 1, "index": torch.arange(3)}
     nets = method.trainable()
     g_losses, g_logs = method.loss(nets, batch, 0, torch.Generator().manual_seed(0))
     d_losses, _ = method.loss(nets, batch, 1, torch.Generator().manual_seed(0))

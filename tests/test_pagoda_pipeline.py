@@ -15,9 +15,10 @@ from fsg.cli import app
 from fsg.data import build_dataset
 from fsg.data.config import DataConfig
 from fsg.errors import UserError
-from fsg.nets.load import load_model
-from fsg.sampling.inversion import encode
-from fsg.train.latents import LatentStore, encode_dataset, shard_name
+from fsg.models.load import load_model
+from fsg.core.inversion import encode
+from fsg.data.latents import LatentStore, shard_name
+from fsg.app.pagoda_encode import encode_dataset
 
 runner = CliRunner()
 TINY_NET = ["network.model_channels=8", "network.channel_mult=[1,2]", "network.attn_resolutions=[]"]
@@ -162,7 +163,7 @@ def test_edit_invert_and_superres_with_a_pagoda_generator(grown, tmp_path):
     z = np.load(tmp_path / "inv" / "latents.npy")
     assert z.shape == (3, 1, 8, 8)
     full = load_model(grown)
-    from fsg.sampling.inversion import decode
+    from fsg.core.inversion import decode
     with torch.no_grad():                                  # the written results are G(z) of the written latents
         x_hat = decode(full.denoiser, torch.from_numpy(z), 2, full.process.sigma_max).clamp(-1, 1)
     from PIL import Image
@@ -216,13 +217,14 @@ def test_gan_steps_under_two_gloo_processes(teacher, latents, tmp_path):
 def test_interpolate_between_seeds_and_between_inverted_images(grown, tmp_path):
     """The path's ends are the seeds' plain samples (sample 0 of `fsg sample --seed S`); latents written by
     `fsg edit invert` (N(0, I) units) are interpolation endpoints that decode back to the reconstructions."""
-    from fsg.sampling.editing import run_interpolation, run_pagoda_edit
+    from fsg.app.edit import run_interpolation, run_pagoda_edit
+    from fsg.models.load import load_model
     from fsg.sampling.generate import iter_samples
 
     path = run_interpolation(grown, 5, tmp_path / "path.png", seeds=(3, 8))
     assert path["nfe"] == 1 and path["result"].shape == (5, 1, 16, 16)
     for seed, end in ((3, 0), (8, -1)):
-        plain = torch.cat([b for _, b, _ in iter_samples(grown, 1, seed=seed, batch_size=1)])
+        plain = torch.cat([b for _, b, _ in iter_samples(load_model(grown), 1, seed=seed, batch_size=1)])
         assert torch.allclose(path["result"][end], plain[0], atol=1e-5)
     _write_digits(tmp_path / "full", 16, n=2)
     inv = run_pagoda_edit("invert", grown, tmp_path / "full", tmp_path / "inv", warn=lambda m: None)

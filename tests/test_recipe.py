@@ -3,7 +3,7 @@
 import pytest
 
 from fsg.io.config import ConfigError, parse_yaml
-from fsg.recipe import load_recipe
+from fsg.train.recipe import load_recipe
 
 
 def write(tmp_path, text):

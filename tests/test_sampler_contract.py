@@ -36,8 +36,9 @@ def test_rank_sharding_covers_the_same_samples():
 
 def test_consistency_timesteps_and_sigmas():
     model = tiny_model(shape=(2,), precond="consistency")
-    plan = plan_sampler(model, "consistency", timesteps=[0, 9, 17])
-    assert plan.times[0].item() == pytest.approx(80.0) and len(plan.times) == 3
+    plan = plan_sampler(model, "consistency", timesteps=[0, 9, 17])      # the reference's --ts: calls at 0 and 9
+    assert plan.times[0].item() == pytest.approx(80.0) and len(plan.times) == 2
+    assert plan.knobs["t_end"] == pytest.approx(0.002)                    # index 17 = the grid's end: no noise
     plan = plan_sampler(model, "consistency", sigmas=[80, 0.821])
     assert plan.times.tolist() == pytest.approx([80, 0.821])
     from fsg.errors import UserError
@@ -72,3 +73,29 @@ def test_two_step_metric_runs_on_a_model():
     metric = two_step_metric(model, 8, lambda x: float(x.pow(2).mean()))
     best, seen = ternary_search_middle(metric, 1, 16)
     assert 1 <= best <= 16 and best in seen
+
+
+def test_timesteps_follow_the_references_ts_the_last_index_marks_the_end():
+    """openai/consistency_models' stochastic_iterative_sampler with ts = (0, 9, 12), 18-point grid: the model is
+    called at indices 0 and 9 (2 NFE); the last estimate is re-noised to index 12, x = f + sqrt(t_12^2 - t_min^2) z."""
+    from fsg.core.schedules import karras_index_to_sigma
+    from fsg.sampling.noise import SampleNoise
+    from fsg.sampling.samplers import CountingDenoiser
+
+    model = tiny_model(shape=(2,), precond="consistency")
+    plan = plan_sampler(model, "consistency", timesteps=[0, 9, 12])
+    d = CountingDenoiser(model.denoiser)
+    stream = SampleNoise(0, [0, 1])
+    with torch.no_grad():
+        got = plan.run(d, plan.initial(stream, (2, 2)), stream)
+    assert d.nfe == 2
+    t = [float(karras_index_to_sigma(i, 18, 0.002, 80.0)) for i in (0, 9, 12)]
+    noise = SampleNoise(0, [0, 1])
+    x = noise.randn((2, 2), torch.float64) * t[0]
+    f = lambda x, s: model.denoiser(x.float(), torch.full((2,), s)).double()  # noqa: E731
+    with torch.no_grad():
+        x0 = f(x, t[0])
+        x = x0 + (t[1] ** 2 - 0.002**2) ** 0.5 * noise.randn((2, 2), torch.float64)
+        x0 = f(x, t[1])
+        want = x0 + (t[2] ** 2 - 0.002**2) ** 0.5 * noise.randn((2, 2), torch.float64)
+    assert torch.allclose(got, want, atol=1e-6)

@@ -17,26 +17,20 @@ ResumeOpt = Annotated[Optional[str], typer.Option("--resume", help="auto (latest
 ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="Model: run folder, checkpoint folder or .safetensors (default: the bundled model).", rich_help_panel="Common")]
 
 
-def resolve_device(device: str):
-    """'auto' picks CUDA when present, else CPU. 'auto' and a bare 'cuda' mean the local rank's GPU under
-    torchrun/Slurm (cuda:LOCAL_RANK), so every process of a job gets its own GPU; 'cuda:N' is taken as given."""
-    import os
-
-    import torch
+def parse_list(text: str | None, kind: type, option: str) -> list | None:
+    """A comma-separated option value as a list of ints or finite floats (None when not given); a bad value is a
+    UserError naming the option."""
+    import math
 
     from fsg.errors import UserError
 
-    local_gpu = lambda: torch.device("cuda", int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0))))  # noqa: E731
-    if device == "auto":
-        return local_gpu() if torch.cuda.is_available() else torch.device("cpu")
+    if text is None or text == "":
+        return None
+    what = "integers" if kind is int else "numbers"
     try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device: unknown device '{device}' (use auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine")
-    if dev.type == "cuda" and dev.index is None:
-        return local_gpu()
-    if dev.type == "cuda" and dev.index >= torch.cuda.device_count():
-        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return dev
+        values = [kind(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"{option}: expected comma-separated {what}, got '{text}'") from None
+    if kind is float and not all(math.isfinite(v) for v in values):
+        raise UserError(f"{option}: expected finite numbers, got '{text}'")
+    return values

@@ -7,11 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from fsg.cli import app
 from fsg.cli.common import SetOpt
 
 
-@app.command("convert")
 def convert(
     src: Annotated[Path, typer.Argument(help="Checkpoint: .pt/.pth (openai CM, DDBM), .pkl (EDM, ECT) or an fsg model.")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="DIR (writes DIR/model.safetensors) or FILE.safetensors.")] = None,
@@ -28,7 +26,7 @@ def convert(
     import yaml
 
     from fsg.io.config import apply_overrides
-    from fsg.io.importers import parameter_count, read_checkpoint, save_converted
+    from fsg.models.importers import parameter_count, read_checkpoint, save_converted
 
     if out is None and not info:
         raise typer.BadParameter("give --out DIR|FILE.safetensors, or --info to only describe the checkpoint", param_hint="--out")

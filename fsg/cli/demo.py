@@ -7,11 +7,9 @@ from typing import Annotated
 
 import typer
 
-from fsg.cli import app
 from fsg.cli.common import DeviceOpt
 
 
-@app.command("demo")
 def demo(
     run_dir: Annotated[Path, typer.Option("--run-dir", help="Where the runs, demo.png and demo.json go.")] = Path("runs/demo"),
     n: Annotated[int, typer.Option("-n", "--num", help="Toy samples per setting.")] = 5000,
@@ -23,7 +21,7 @@ def demo(
 
     Example: fsg demo            (about 2 minutes on 2 CPU cores; writes runs/demo/demo.png)
     """
-    from fsg.cli.common import resolve_device
-    from fsg.demo import run_demo
+    from fsg.train.dist import resolve_device
+    from fsg.app.demo import run_demo
 
     run_demo(run_dir, resolve_device(device), n=n, train_teacher=train_teacher)

@@ -8,15 +8,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from fsg.cli import app
-from fsg.cli.common import DeviceOpt, ModelOpt, SeedOpt
+from fsg.cli.common import DeviceOpt, ModelOpt, SeedOpt, parse_list
 
 edit_app = typer.Typer(
     help="Zero-shot editing with a consistency model, and PaGoDA super-resolution/inversion: one PNG per input "
          "and a comparison grid in --out.",
     no_args_is_help=True,
 )
-app.add_typer(edit_app, name="edit")
 
 InputOpt = Annotated[Path, typer.Option("--input", "-i", help="An image (PNG/JPEG) or a folder of images.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder: <name>.png per input and comparison.png.")]
@@ -44,12 +42,7 @@ LatentsOpt = Annotated[Optional[str], typer.Option("--latents", help="Endpoint l
 
 
 def _int_list(text: str | None, option: str = "--timesteps") -> list[int] | None:
-    from fsg.errors import UserError
-
-    try:
-        return [int(v) for v in text.split(",")] if text else None
-    except ValueError:
-        raise UserError(f"{option}: expected comma-separated integers, got '{text}'") from None
+    return parse_list(text, int, option)
 
 
 def _say(message: str) -> None:
@@ -57,8 +50,8 @@ def _say(message: str) -> None:
 
 
 def _run(task: str, model: Path | None, input_: Path, out: Path, seed: int | None, device: str, **options) -> None:
-    from fsg.cli.common import resolve_device
-    from fsg.sampling.editing import run_edit
+    from fsg.train.dist import resolve_device
+    from fsg.app.edit import run_edit
 
     if model is None:
         _say("no --model given: using the bundled digits consistency model (assets/cd_digits)")
@@ -175,7 +168,6 @@ def denoise(
          class_label=class_label)
 
 
-@app.command("interpolate")
 def interpolate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Grid PNG: the path from left to right.")],
     model: ModelOpt = None,
@@ -194,9 +186,9 @@ def interpolate(
       fsg interpolate --model runs/cd_digits --latents a.npy,b.npy --steps 2 --out interp2.png
       fsg interpolate --model runs/cbd_edges_digits --n-points 8 --seeds 0,1 --out bridge_interp.png
     """
-    from fsg.cli.common import resolve_device
+    from fsg.train.dist import resolve_device
     from fsg.errors import UserError
-    from fsg.sampling.editing import run_interpolation
+    from fsg.app.edit import run_interpolation
 
     pair = _int_list(seeds, "--seeds")
     if pair is None or len(pair) != 2:
@@ -206,34 +198,10 @@ def interpolate(
         raise UserError(f"--latents takes two files A,B, got '{latents}'")
     if model is None:
         _say("no --model given: using the bundled digits consistency model (assets/cd_digits)")
-    if model is not None and _is_bridge(model):
-        _interpolate_bridge(model, n_points, out, (pair[0], pair[1]), steps, class_label, cond, resolve_device(device))
-        return
     report = run_interpolation(model, n_points, out, seeds=(pair[0], pair[1]),
                                latents=None if files is None else (files[0], files[1]), steps=steps,
-                               timesteps=_int_list(timesteps), class_label=class_label, device=resolve_device(device))
-    typer.echo(f"interpolate: {report['n']} points, NFE {report['nfe']} each, {report['seconds']:.2f} s")
-    typer.echo(f"wrote {out}")
-
-
-def _is_bridge(path: Path) -> bool:
-    from fsg.nets.load import load_model
-
-    return bool(load_model(path).meta.get("cond_channels"))
-
-
-def _interpolate_bridge(path, n_points, out, seeds, steps, class_label, cond, device) -> None:
-    """The condition, then the path between the two seeds' samples, in one row."""
-    import torch
-
-    from fsg.io.images import save_samples_png
-    from fsg.nets.load import load_model
-    from fsg.sampling.bridges import condition_source, interpolate_bridge
-
-    model = load_model(path, device)
-    y = condition_source(model, cond)([0])[0]
-    path_x, nfe = interpolate_bridge(model, y, n_points, seeds=seeds, steps=steps, class_label=class_label, device=device)
-    row = path_x if path_x.ndim == 2 else torch.cat([y[None, : path_x.shape[1]].cpu(), path_x.cpu()])
-    save_samples_png(row, out, nrow=len(row))
-    typer.echo(f"interpolate (bridge): {n_points} points, NFE {nfe} each")
+                               timesteps=_int_list(timesteps), class_label=class_label, cond=cond,
+                               device=resolve_device(device))
+    kind = " (bridge)" if report["bridge"] else ""
+    typer.echo(f"interpolate{kind}: {report['n']} points, NFE {report['nfe']} each, {report['seconds']:.2f} s")
     typer.echo(f"wrote {out}")

@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from fsg.cli import app
 from fsg.cli.common import DeviceOpt
 
 _PANEL = "Paired (image-to-image)"
@@ -43,7 +42,6 @@ def _print_table(console, result) -> None:
     console.print(table)
 
 
-@app.command("eval-fid")
 def eval_fid(
     samples: Annotated[Optional[str], typer.Option(help="Samples: .npz (arr_0 uint8 NHWC, or floats in [-1, 1]) or an image folder / .zip.")] = None,
     ref: Annotated[Optional[str], typer.Option(help="Reference: folder, .zip, images .npz (ADM reference batch), stats .npz, cifar10-train, digits or mnist5k.")] = None,
@@ -74,9 +72,9 @@ def eval_fid(
     """
     from rich.console import Console
 
-    from fsg.cli.common import resolve_device
+    from fsg.train.dist import resolve_device
     from fsg.errors import UserError
-    from fsg.eval import fid as fid_lib
+    from fsg.app import evaluate as fid_lib
 
     dev = resolve_device(device)
     console = Console(stderr=True)
@@ -91,7 +89,7 @@ def eval_fid(
         raise UserError("--ref is required (a folder, .npz, stats .npz, cifar10-train, digits or mnist5k)")
     rank, world = 0, 1
     if samples is None and model is None:
-        from fsg.nets.load import BUNDLED_MODEL
+        from fsg.models.load import BUNDLED_MODEL
 
         model = BUNDLED_MODEL
         typer.echo("no --samples or --model given: generating with the bundled digits consistency model (assets/cd_digits)", err=True)

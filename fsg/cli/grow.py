@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from fsg.cli import app
 from fsg.cli.common import DeviceOpt, MaxStepsOpt, RecipeOpt, ResumeOpt, RunDirOpt, SeedOpt, SetOpt
 from fsg.cli.train import InitOpt, ProgressOpt, RequeueOpt, TeacherOpt, TimeBudgetOpt, run_training
 
@@ -21,7 +20,6 @@ class Stage(str, Enum):
 StageOpt = Annotated[Optional[Stage], typer.Option("--stage", help="encode | distill | grow: overrides the recipe's method.stage.")]
 
 
-@app.command("grow-decoder")
 def grow_decoder(teacher: TeacherOpt = None, init: InitOpt = None, recipe: RecipeOpt = None, stage: StageOpt = None,
                  set_: SetOpt = None, run_dir: RunDirOpt = None, device: DeviceOpt = "auto", seed: SeedOpt = None,
                  max_steps: MaxStepsOpt = None, resume: ResumeOpt = None, time_budget: TimeBudgetOpt = None,
@@ -51,7 +49,7 @@ def grow_decoder(teacher: TeacherOpt = None, init: InitOpt = None, recipe: Recip
 
 def _load_recipe(recipe, overrides):
     from fsg.errors import UserError
-    from fsg.recipe import load_recipe
+    from fsg.train.recipe import load_recipe
 
     if recipe is None:
         raise UserError("`fsg grow-decoder` needs --recipe (see recipes/pagoda_*.yaml and recipes/tiny/pagoda_mnist_*.yaml)")
@@ -61,8 +59,8 @@ def _load_recipe(recipe, overrides):
 def _encode(loaded, recipe, teacher, run_dir, device, progress) -> None:
     from pathlib import Path
 
-    from fsg.cli.common import resolve_device
-    from fsg.train.latents import run_encode
+    from fsg.train.dist import resolve_device
+    from fsg.app.pagoda_encode import run_encode
 
     out = Path(run_dir) if run_dir is not None else Path("runs") / f"{Path(recipe).stem}_latents"
     manifest = run_encode(loaded, teacher, out, resolve_device(device), progress=progress)

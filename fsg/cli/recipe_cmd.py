@@ -7,11 +7,9 @@ from typing import Annotated
 
 import typer
 
-from fsg.cli import app
 from fsg.cli.common import SetOpt
 
 recipe_app = typer.Typer(help="Inspect recipes.", no_args_is_help=True)
-app.add_typer(recipe_app, name="recipe")
 
 
 @recipe_app.command("show")
@@ -20,6 +18,6 @@ def show(path: Annotated[Path, typer.Argument(help="Recipe YAML file.")], set_: 
 
     Example: fsg recipe show recipes/tiny/cd_toy.yaml --set train.lr=2e-4
     """
-    from fsg.recipe import load_recipe, recipe_yaml
+    from fsg.train.recipe import load_recipe, recipe_yaml
 
     typer.echo(recipe_yaml(load_recipe(path, set_ or [])), nl=False)

@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from fsg.cli import app
 from fsg.cli.common import DeviceOpt, MaxStepsOpt, RecipeOpt, ResumeOpt, RunDirOpt, SeedOpt, SetOpt
 
 TeacherOpt = Annotated[Optional[Path], typer.Option("--teacher", "-t", help="Teacher model: run folder, .safetensors, or a public .pt/.pkl checkpoint.")]
@@ -22,7 +21,7 @@ def run_training(command: str, recipe_path, overrides, run_dir, device: str, see
                  teacher=None, init=None, time_budget=None, requeue=False, progress=True) -> None:
     """Run `fsg.train.run.train` for a command; a preemption or non-finite loss exits with its code."""
     from fsg.train.engine import TrainingStopped
-    from fsg.train.run import train
+    from fsg.app.train import train
 
     try:
         model = train(command, recipe_path, overrides, run_dir, device, seed, max_steps, resume, teacher=teacher,
@@ -34,7 +33,6 @@ def run_training(command: str, recipe_path, overrides, run_dir, device: str, see
         typer.echo(f"model: {model}")
 
 
-@app.command("train-diffusion")
 def train_diffusion(recipe: RecipeOpt = None, set_: SetOpt = None, run_dir: RunDirOpt = None, device: DeviceOpt = "auto",
                     seed: SeedOpt = None, max_steps: MaxStepsOpt = None, resume: ResumeOpt = None,
                     init: InitOpt = None, time_budget: TimeBudgetOpt = None, requeue: RequeueOpt = False,
@@ -49,7 +47,6 @@ def train_diffusion(recipe: RecipeOpt = None, set_: SetOpt = None, run_dir: RunD
                  time_budget=time_budget, requeue=requeue, progress=progress)
 
 
-@app.command("distill")
 def distill(teacher: TeacherOpt = None, recipe: RecipeOpt = None, set_: SetOpt = None, run_dir: RunDirOpt = None,
             device: DeviceOpt = "auto", seed: SeedOpt = None, max_steps: MaxStepsOpt = None, resume: ResumeOpt = None,
             time_budget: TimeBudgetOpt = None, requeue: RequeueOpt = False, progress: ProgressOpt = True) -> None:
@@ -62,7 +59,6 @@ def distill(teacher: TeacherOpt = None, recipe: RecipeOpt = None, set_: SetOpt =
                  time_budget=time_budget, requeue=requeue, progress=progress)
 
 
-@app.command("train-consistency")
 def train_consistency(recipe: RecipeOpt = None, set_: SetOpt = None, run_dir: RunDirOpt = None, device: DeviceOpt = "auto",
                       seed: SeedOpt = None, max_steps: MaxStepsOpt = None, resume: ResumeOpt = None,
                       init: InitOpt = None, time_budget: TimeBudgetOpt = None, requeue: RequeueOpt = False,

@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from fsg.cli import app
 from fsg.cli.common import DeviceOpt, MaxStepsOpt, RecipeOpt, ResumeOpt, RunDirOpt, SeedOpt, SetOpt
 from fsg.cli.train import ProgressOpt, RequeueOpt, TeacherOpt, TimeBudgetOpt, run_training
 
@@ -20,7 +19,6 @@ class Mode(str, Enum):
 ModeOpt = Annotated[Optional[Mode], typer.Option("--mode", help="ect | sct: overrides the recipe's method.name (same hyperparameters otherwise).")]
 
 
-@app.command("tune-sct")
 def tune_sct(teacher: TeacherOpt = None, recipe: RecipeOpt = None, mode: ModeOpt = None, set_: SetOpt = None,
              run_dir: RunDirOpt = None, device: DeviceOpt = "auto", seed: SeedOpt = None, max_steps: MaxStepsOpt = None,
              resume: ResumeOpt = None, time_budget: TimeBudgetOpt = None, requeue: RequeueOpt = False,

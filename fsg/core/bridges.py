@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 
-from fsg.core.processes import append_dims
+from fsg.core.process import append_dims, float64, uniform_times
 from fsg.core.schedules import ect_r
 
 HYBRID_START_OFFSET = 1e-4   # DDBM's hybrid sampler starts at T - 1e-4 (DDBM `karras_sample`)
@@ -45,9 +45,10 @@ class BridgeProcess:
         return self.t_max
 
     # ---------------------------------------------------------------- marginal
-    def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(a_t, b_t, c_t) of x_t = a_t y + b_t x0 + c_t eps (Eq. 12 of He et al. 2024), in t's dtype."""
-        t = torch.as_tensor(t)
+    def coefficients(self, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(a_t, b_t, c_t) of x_t = a_t y + b_t x0 + c_t eps (Eq. 12 of He et al. 2024), computed in float64 and
+        returned in t's dtype (float64 for a Python float)."""
+        t = t if torch.is_tensor(t) else float64(t)
         alpha, alpha_bar, rho, rho_bar = self.alpha_rho(t.double())
         rho_T2 = rho**2 + rho_bar**2
         a = alpha_bar * rho**2 / rho_T2
@@ -62,8 +63,7 @@ class BridgeProcess:
 
     def train_times(self, n: int, gen: torch.Generator | None, device=None) -> torch.Tensor:
         """t ~ U[t_min, t_max] (DDBM's `real-uniform` sampler)."""
-        u = torch.rand((n,), generator=gen, device=gen.device if gen is not None else "cpu").to(device)
-        return self.t_min + (self.t_max - self.t_min) * u
+        return uniform_times(self, n, gen, device)
 
     # ---------------------------------------------------------------- preconditioning
     def scalings(self, t: torch.Tensor):
@@ -83,25 +83,35 @@ class BridgeProcess:
     def h_term(self, x: torch.Tensor, y: torch.Tensor, t) -> torch.Tensor:
         """h = grad log p(x_T = y | x_t) = -(x_t - alpha_bar_t y) / (alpha_t^2 rho_bar_t^2), the Doob h-transform's term
         (Zhou et al. 2024; DBIM's `get_d`)."""
-        alpha, alpha_bar, _, rho_bar = (_per_sample(v, x) for v in self.alpha_rho(torch.as_tensor(t).double()))
+        alpha, alpha_bar, _, rho_bar = (_per_sample(v, x) for v in self.alpha_rho(float64(t)))
         return -(x - alpha_bar * y) / (alpha**2 * rho_bar**2)
 
     def score(self, x: torch.Tensor, y: torch.Tensor, x0_hat: torch.Tensor, t) -> torch.Tensor:
         """grad log q(x_t | y) ~ -(x_t - a_t y - b_t D(x_t, t, y)) / c_t^2, the score from a denoiser."""
-        a, b, c = (_per_sample(v, x) for v in self.coefficients(torch.as_tensor(t).double()))
+        a, b, c = (_per_sample(v, x) for v in self.coefficients(float64(t)))
         return -(x - a * y - b * x0_hat) / c**2
 
-    def drift(self, x: torch.Tensor, y: torch.Tensor, x0_hat: torch.Tensor, t, stochastic: bool = False,
-              w: float = 1.0) -> torch.Tensor:
-        """Reverse-time drift f x - g^2 (s - w h) (SDE) or f x - g^2 (s / 2 - w h) (PF-ODE) of the bridge (Zhou et al.
-        2024; DDBM's `get_d_vp`, DBIM's `get_d`); w is DDBM's guidance weight on the h-term (1: the exact bridge)."""
-        f, g2 = (_per_sample(v, x) for v in self.f_g2(torch.as_tensor(t).double()))
+    def reverse_drift(self, x: torch.Tensor, y: torch.Tensor, x0_hat: torch.Tensor, t, stochastic: bool = False,
+                      w: float = 1.0) -> torch.Tensor:
+        """Reverse-time drift f x - g^2 (s - w_h h) (SDE) or f x - g^2 (s / 2 - w_h h) (PF-ODE) of the bridge (Zhou et
+        al. 2024; DDBM's `get_d_vp`, DBIM's `get_d`), with s the bridge score and h the h-term; w_h =
+        `h_weight(w, stochastic)` applies DDBM's guidance weight w on the h-term as its sampler does for this process
+        (w = 1: the exact bridge)."""
+        f, g2 = (_per_sample(v, x) for v in self.f_g2(float64(t)))
         s = self.score(x, y, x0_hat, t)
-        return f * x - g2 * ((1.0 if stochastic else 0.5) * s - w * self.h_term(x, y, t))
+        return f * x - g2 * ((1.0 if stochastic else 0.5) * s - self.h_weight(w, stochastic) * self.h_term(x, y, t))
+
+    def h_weight(self, w: float, stochastic: bool) -> float:
+        """The weight of the h-term under guidance w: w in both the ODE and the SDE (DDBM's VP form, `get_d_vp`)."""
+        return w
+
+    def ode_drift(self, x: torch.Tensor, x0_hat: torch.Tensor, t, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The bridge's PF-ODE drift (w = 1, the exact bridge); `cond` is y."""
+        return self.reverse_drift(x, cond, x0_hat, t)
 
     def diffusion(self, t) -> torch.Tensor:
         """g(t), the noise scale of the reverse SDE."""
-        return self.f_g2(torch.as_tensor(t).double())[1].sqrt()
+        return self.f_g2(float64(t))[1].sqrt()
 
 
 class DDBMPreconditioning:
@@ -180,6 +190,11 @@ class BridgeVEProcess(DDBMPreconditioning, BridgeProcess):
         one = torch.ones_like(t)
         return one, one, t, (self.t_max**2 - t**2).clamp(min=0).sqrt()
 
+    def h_weight(self, w: float, stochastic: bool) -> float:
+        """DDBM's VE sampler (`to_d`): d = -g^2/2 (s0 - w h) with s0 = s - h the reference diffusion's score, i.e. the
+        h-term weighted (1 + w)/2 in the ODE; its stochastic step drops w (the exact bridge's h-term)."""
+        return 1.0 if stochastic else (1 + w) / 2
+
     def f_g2(self, t: torch.Tensor):
         return torch.zeros_like(t), 2 * t
 
@@ -234,15 +249,13 @@ class BridgeI2SBProcess(BridgeProcess):
         return torch.ones_like(t_out), -rho, one, t_in / self.t_max
 
 
-BRIDGE_PROCESSES = [BridgeVPProcess, BridgeVEProcess, BridgeI2SBProcess]
-
 
 # -------------------------------------------------------------------------------------- solver steps
 
 def bridge_sample(process: BridgeProcess, x0: torch.Tensor, y: torch.Tensor, t, z: torch.Tensor) -> torch.Tensor:
     """x_t = a_t y + b_t x0 + c_t z ~ q(x_t | x0, y): the forward bridge, and the posterior step of the
     DBIM boot and the CDBM sampler (with x0 = x0_hat)."""
-    a, b, c = (_per_sample(v, x0) for v in process.coefficients(torch.as_tensor(t).double()))
+    a, b, c = (_per_sample(v, x0) for v in process.coefficients(float64(t)))
     return a * y + b * x0 + c * z
 
 
@@ -255,7 +268,7 @@ def dbim_step(process: BridgeProcess, x_s: torch.Tensor, x0_hat: torch.Tensor, y
     solver, Prop. 3.1 of He et al. 2024 ("ODE-1"); eta = 1 is the Markovian posterior q(x_t | x_s, x0_hat, y).
     `s`, `t` are scalars or per-sample vectors (N,); z is needed when eta > 0.
     """
-    s, t = torch.as_tensor(s).double(), torch.as_tensor(t).double()
+    s, t = float64(s), float64(t)
     a_s, b_s, c_s = (_per_sample(v, x_s) for v in process.coefficients(s))
     a_t, b_t, c_t = (_per_sample(v, x_s) for v in process.coefficients(t))
     omega = torch.zeros_like(c_t)
@@ -279,7 +292,7 @@ def keep_known(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Te
 
 def log_snr_ratio(process: BridgeProcess, t) -> torch.Tensor:
     """lambda_t = log(b_t / c_t), the time variable of DBIM's exponential integrator (Zheng et al. 2025)."""
-    _, b, c = process.coefficients(torch.as_tensor(t).double())
+    _, b, c = process.coefficients(float64(t))
     return (b / c).log()
 
 
@@ -297,8 +310,8 @@ def dbim_high_order_step(process: BridgeProcess, x_s: torch.Tensor, y: torch.Ten
     """
     lam = [log_snr_ratio(process, u) for u in (t, s, *prev_times)]     # lambda_t, lambda_s, lambda_u1, lambda_u2
     h = lam[0] - lam[1]
-    a_s, _, c_s = process.coefficients(torch.as_tensor(s).double())
-    a_t, _, c_t = process.coefficients(torch.as_tensor(t).double())
+    a_s, _, c_s = process.coefficients(float64(s))
+    a_t, _, c_t = process.coefficients(float64(t))
     d0 = x0_hats[0]
     d1 = d2 = torch.zeros_like(d0)
     if len(x0_hats) == 2:
@@ -317,7 +330,7 @@ def euler_maruyama_step(process: BridgeProcess, x: torch.Tensor, y: torch.Tensor
                         z: torch.Tensor, w: float = 1.0) -> torch.Tensor:
     """x + drift dt + g(t) sqrt(|dt|) z: one step of the reverse bridge SDE (DDBM's stochastic churn step)."""
     dt = float(t_next) - float(t)
-    return x + process.drift(x, y, x0_hat, t, stochastic=True, w=w) * dt + float(process.diffusion(t)) * math.sqrt(abs(dt)) * z
+    return x + process.reverse_drift(x, y, x0_hat, t, stochastic=True, w=w) * dt + float(process.diffusion(t)) * math.sqrt(abs(dt)) * z
 
 
 def cdbm_time_pair(t: torch.Tensor, step: int, *, schedule: str, dt: float, q: float, k: float, b: float,

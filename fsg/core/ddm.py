@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 
-from fsg.core.processes import append_dims, randn
+from fsg.core.process import append_dims, randn, uniform_times
 from fsg.errors import UserError
 
 Heads = dict[str, torch.Tensor]
@@ -51,6 +51,12 @@ class DecoupledProcess:
     default_sampler = "ddm"
     default_steps = 10
     t_eps: float
+    t_max = 1.0                           # x_1 ~ N(0, I)
+    sigma_data = 0.5                      # unused by the DDM scalings (unit-variance data); kept for tools that read it
+
+    @property
+    def t_min(self) -> float:
+        return self.t_eps
 
     @property
     def out_multiplier(self) -> int:
@@ -63,8 +69,7 @@ class DecoupledProcess:
 
     def train_times(self, n: int, gen: torch.Generator | None, device=None) -> torch.Tensor:
         """t ~ U(t_eps, 1), as the reference's `torch.rand(b) * (1 - eps) + eps`."""
-        u = torch.rand((n,), generator=gen, device=gen.device if gen is not None else "cpu").to(device)
-        return self.t_eps + (1 - self.t_eps) * u
+        return uniform_times(self, n, gen, device)
 
     def corrupt(self, x0: torch.Tensor, t: torch.Tensor, gen: torch.Generator | None) -> tuple[torch.Tensor, Heads]:
         """x_t = x0 + H_t + sqrt(v(t)) eps for per-sample t (N,), and the regression targets {(K,) C, eps}."""
@@ -238,5 +243,3 @@ def _ddm_scalings(t: torch.Tensor):
     c_in = 1 / (1 + t).sqrt()
     return c_in, t.log(), (t - 1, t.sqrt()), (t * c_in, ((1 - t) / (1 + t)).sqrt())
 
-
-DDM_PROCESSES = [DDMProcess, DDMLinearProcess, DDMConst2Process]

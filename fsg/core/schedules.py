@@ -1,6 +1,7 @@
-"""Training-time schedules of consistency models: discretisation N(k), target EMA mu(k), index sampling.
+"""Time grids and training-time schedules: the Karras grid, and consistency training's discretisation N(k),
+target EMA mu(k), index sampling and ECT's mapping r(t).
 
-Pure functions of the training step k; tests check them against values derived by hand.
+Pure functions; tests check them against values derived by hand.
 """
 
 from __future__ import annotations
@@ -8,6 +9,27 @@ from __future__ import annotations
 import math
 
 import torch
+
+
+def karras_ramp_to_sigma(ramp: torch.Tensor, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """sigma = (sigma_max^(1/rho) + ramp (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, ramp = i/(n-1) in [0, 1]
+    (Eq. 5 of Karras et al. 2022): ramp 0 is sigma_max, ramp 1 is sigma_min."""
+    inv = 1.0 / rho
+    return (sigma_max**inv + ramp * (sigma_min**inv - sigma_max**inv)) ** rho
+
+
+def karras_index_to_sigma(i, n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """Noise level of grid index i (float or tensor; 0 = sigma_max, n-1 = sigma_min) on the n-point Karras grid; float64."""
+    return karras_ramp_to_sigma(torch.as_tensor(i, dtype=torch.float64) / max(n - 1, 1), sigma_min, sigma_max, rho)
+
+
+def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, append_zero: bool = True,
+                  dtype=torch.float64) -> torch.Tensor:
+    """The n-point Karras grid descending from sigma_max to sigma_min (k-diffusion's `get_sigmas_karras`: the ramp
+    is linspace(0, 1, n)), with t_n = 0 appended when `append_zero`."""
+    ramp = torch.linspace(0, 1, n, dtype=dtype) if n > 1 else torch.zeros(1, dtype=dtype)
+    sig = karras_ramp_to_sigma(ramp, sigma_min, sigma_max, rho)
+    return torch.cat([sig, sig.new_zeros(1)]) if append_zero else sig
 
 
 def ct_num_scales_and_ema(k: int, K: int, s0: int, s1: int, mu0: float, form: str = "code") -> tuple[int, float]:

@@ -1,17 +1,13 @@
-"""Evaluation: FID/KID through clean-fid's protocol or fsg's digits feature space, reference statistics,
-paired metrics (MSE, LPIPS) and the distances the toy benchmarks use.
+"""Evaluation on tensors: FID/KID in clean-fid's Inception or fsg's digits feature space, feature statistics,
+paired metrics (MSE, LPIPS) and the distances the toy benchmarks use. The file side (sample files, reference
+folders, statistics files, sampling on the fly) is `fsg.app.evaluate`.
 
-    from fsg.eval import evaluate_fid
-    result = evaluate_fid("digits", samples="samples.npz", features="digits", with_kid=True)
-
-Modules: `stats` (the math: Fréchet distance, FeatureStats, KID, sliced Wasserstein, RBF MMD),
+Modules: `stats` (the math: Fréchet distance, FeatureStats, Stats, KID, sliced Wasserstein, RBF MMD),
 `inception` (offline, sha256-checked clean-fid Inception), `digits` (the digit CNN feature space),
-`features` (the registry), `sources` (sample files, folders, data sets, stats files), `fid`
-(orchestration), `paired` (MSE, LPIPS), `train_features` (trains the digits network).
+`features` (the registry), `fid` (features of streamed batches), `paired` (MSE, LPIPS), `quality` (toy and
+digits metrics of sample tensors), `train_features` (trains the digits network).
 """
 
-from fsg.eval.fid import FIDResult, evaluate_fid, make_reference
-from fsg.eval.stats import FeatureStats, frechet_distance, kid, mmd_rbf, sliced_wasserstein
+from fsg.eval.stats import FeatureStats, Stats, frechet_distance, kid, mmd_rbf, sliced_wasserstein
 
-__all__ = ["FIDResult", "FeatureStats", "evaluate_fid", "frechet_distance", "kid", "make_reference", "mmd_rbf",
-           "sliced_wasserstein"]
+__all__ = ["FeatureStats", "Stats", "frechet_distance", "kid", "mmd_rbf", "sliced_wasserstein"]

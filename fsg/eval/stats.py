@@ -12,10 +12,17 @@ so that numbers are comparable:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from fsg.errors import UserError
+from fsg.eval.features import PROTOCOLS
+from fsg.io.checkpoint import atomic_write
 
 Kernel = Callable[[Tensor, Tensor], Tensor]
 
@@ -222,3 +229,47 @@ def sliced_wasserstein(
     iy = (mid * m).floor().long()
     w_pp = (width[:, None] * (qx[ix] - qy[iy]).abs() ** p).sum(dim=0)  # (P,)
     return float(w_pp.mean() ** (1.0 / p))
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Gaussian statistics of a feature set, as kept in a stats .npz (`fsg eval-fid --make-ref`).
+
+    Keys: mu, sigma, n, features, protocol, resolution, source (what the images were), and feats (raw features,
+    for KID) when kept. Files of other tools (ADM's evaluator, pytorch-fid) have only mu and sigma: their
+    feature space is unknown. A loaded file's `label` is its path.
+    """
+
+    mu: np.ndarray                      # (dim,)
+    sigma: np.ndarray                   # (dim, dim)
+    n: int | None                       # number of images; None when the file does not say
+    features: str | None                # feature space name ('inception', 'digits'); None when unknown
+    resolution: int | None              # height of the images the statistics were computed from
+    label: str                          # where they came from (a path or a set name)
+    feats: np.ndarray | None = None     # (n, dim) float32 raw features, for KID
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], label: str) -> Stats:
+        def scalar(key: str):
+            return arrays[key].item() if key in arrays else None
+
+        mu, sigma = np.asarray(arrays["mu"], np.float64), np.asarray(arrays["sigma"], np.float64)
+        if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
+            raise UserError(f"{label}: mu {mu.shape} and sigma {sigma.shape} are not a mean and its covariance")
+        n, resolution = scalar("n"), scalar("resolution")  # 0 and "" stand for unknown
+        return cls(mu, sigma, int(n) if n else None, scalar("features") or None, int(resolution) if resolution else None,
+                   label, arrays.get("feats"))
+
+    def save(self, path: str | Path) -> None:
+        """Write the .npz atomically."""
+        arrays = {"mu": self.mu, "sigma": self.sigma, "n": np.int64(self.n or 0), "source": np.str_(self.label),
+                  "features": np.str_(self.features or ""), "protocol": np.str_(PROTOCOLS.get(self.features or "", "")),
+                  "resolution": np.int64(self.resolution or 0)}
+        if self.feats is not None:
+            arrays["feats"] = self.feats
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+
+        atomic_write(path, write)

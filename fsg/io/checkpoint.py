@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from fsg import __version__
+from fsg.version import __version__
 from fsg.errors import UserError
 
 MODEL_FILE = "model.safetensors"

@@ -1,25 +1,26 @@
-"""Training methods, one module each. A method is a config dataclass (tag `name`) plus a `Method`
-subclass; `METHODS` maps the tag to both."""
+"""Training methods, one module each: a config dataclass (tag `name`) and a `Method` subclass (`fsg.methods.base`).
 
-from fsg.methods.cbd import CBDConfig, CBDMethod
-from fsg.methods.cbt import CBTConfig, CBTMethod
-from fsg.methods.cd import CDConfig, CDMethod
-from fsg.methods.ct import CTConfig, CTMethod
-from fsg.methods.ddm import DDMConfig, DDMMethod
-from fsg.methods.diffusion import DiffusionConfig, DiffusionMethod
-from fsg.methods.ect import ECTConfig, ECTMethod, SCTConfig, SCTMethod
-from fsg.methods.pagoda import PaGoDAConfig, PaGoDAMethod
+`METHODS` is the registry: a recipe's `method.name` picks the class, whose `config` validates the section and whose
+`command` is the `fsg` training command that runs it. A new method is its own module plus one line here.
+"""
+
+from fsg.methods.cbd import CBDMethod
+from fsg.methods.cbt import CBTMethod
+from fsg.methods.cd import CDMethod
+from fsg.methods.ct import CTMethod
+from fsg.methods.ddm import DDMMethod
+from fsg.methods.diffusion import DiffusionMethod
+from fsg.methods.ect import ECTMethod, SCTMethod
+from fsg.methods.pagoda import PaGoDAMethod
 
 METHODS = {
-    "diffusion": (DiffusionConfig, DiffusionMethod),
-    "cd": (CDConfig, CDMethod),
-    "ct": (CTConfig, CTMethod),
-    "cbd": (CBDConfig, CBDMethod),
-    "cbt": (CBTConfig, CBTMethod),
-    "ddm": (DDMConfig, DDMMethod),
-    "ect": (ECTConfig, ECTMethod),
-    "sct": (SCTConfig, SCTMethod),
-    "pagoda": (PaGoDAConfig, PaGoDAMethod),
+    "diffusion": DiffusionMethod,
+    "ddm": DDMMethod,
+    "cd": CDMethod,
+    "cbd": CBDMethod,
+    "ct": CTMethod,
+    "cbt": CBTMethod,
+    "ect": ECTMethod,
+    "sct": SCTMethod,
+    "pagoda": PaGoDAMethod,
 }
-
-METHOD_CONFIGS = [cfg for cfg, _ in METHODS.values()]

@@ -1,42 +1,66 @@
 """The interface between a training method and the one training engine.
 
-A method owns its networks (the trained `model`, and e.g. a teacher, a target network, a discriminator)
-and turns a batch into losses. The engine knows a method only through this interface:
+A method is a config dataclass (its `method:` recipe section, tag `name`) and a `Method` subclass, registered in
+`fsg.methods.METHODS`. It owns its networks (the trained `model`, and e.g. a teacher, a target network, a
+discriminator) and turns a batch into losses. It receives its own config, the process, its networks and a
+`RunInfo` (what the engine tells it of the run), never the whole recipe. The engine knows a method only through:
 
     trainable()            name -> module; each gets its own optimizer ("model" always, "disc" for GANs)
     optimizer_overrides()  per-module optimizer settings that differ from the recipe's train section
     loss(nets, batch, step, gen) -> (losses, logs)
-                           `nets` holds the trainable modules as the engine wraps them (DDP); a method
-                           calls them for every pass that needs gradients. `losses` maps a trainable
-                           name to the scalar that updates it this step (a GAN returns one key per step).
+                           `nets` holds the trainable modules as the engine wraps them (DDP, compile); a method
+                           calls them for every pass that needs gradients. `losses` maps a trainable name to
+                           the scalar that updates it this step (a GAN returns one key per step). A method that
+                           needs forward-mode derivatives (JVP: sCM, MeanFlow) takes them inside `loss` through
+                           `torch.func.jvp` on the same modules; the loop is the same.
     after_step(step)       bookkeeping after the optimizer step (target-network EMA)
     state_dict()/load_state_dict()   extra state for exact resume (target network)
     export_meta()          what `model.safetensors` records: precond, method, default sampler and steps
+
+A batch is a dict of tensors: "x" (N, ...), "index", optionally "label" (the class the network sees, -1 where the
+engine dropped it for classifier-free guidance; absent for unlabeled data), "label_true" (the data's class),
+"cond" (a bridge's condition image), "augment_labels" (EDM's augmentation), "flip".
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 
+@dataclass(frozen=True)
+class RunInfo:
+    """What a method may know of its run besides its own config; the engine fills it in."""
+
+    shape: tuple[int, ...] = ()         # one data item, e.g. (C, H, W) or (D,)
+    max_steps: int = 1                  # the run's optimizer steps: the horizon K of schedules that span the run
+    latents: Any = None                 # PaGoDA: the teacher's stored inversions (`fsg.data.latents.LatentStore`)
+
+
 class Method:
     name = "method"
+    config: type = object            # the config dataclass (its `name` field is the tag)
     precond = "diffusion"          # preconditioning of the exported model
+    command = "train-diffusion"    # the `fsg` training command that runs the method
+    processes: tuple[str, ...] = ("edm", "vp")   # the processes it trains (`fsg.core.PROCESSES` names)
+    paired: bool | None = None     # True: needs a condition image per item (bridges); False: refuses one
+    images_only = False            # needs image data (C, H, W)
+    augmentable = False            # takes EDM's augmented images and their labels (`train.augment`)
     needs_teacher = False          # the loss calls a frozen teacher (--teacher required)
     init_from_teacher = False      # the trained model starts as a copy of --teacher
     default_sampler = "heun"
     default_steps = 18
 
-    def __init__(self, cfg, model: nn.Module, process, *, teacher: nn.Module | None = None, recipe=None):
+    def __init__(self, cfg, model: nn.Module, process, *, teacher: nn.Module | None = None, run: RunInfo = RunInfo()):
         self.cfg = cfg
         self.model = model
         self.process = process
         self.teacher = teacher
-        self.recipe = recipe
+        self.run = run
         if teacher is not None:
             teacher.eval().requires_grad_(False)
 
@@ -59,10 +83,13 @@ class Method:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def frozen(self) -> list[nn.Module]:
+        """Modules the method calls but never trains (teacher, target, LPIPS): moved with it, never optimised."""
+        return [self.teacher] if self.teacher is not None else []
+
     def to(self, device) -> "Method":
-        for m in (self.teacher,):
-            if m is not None:
-                m.to(device)
+        for m in self.frozen():
+            m.to(device)
         return self
 
     def export_meta(self) -> dict[str, Any]:
@@ -88,17 +115,15 @@ class SharedDropout:
             yield
 
 
-def drop_labels(labels: torch.Tensor | None, p: float, gen: torch.Generator) -> torch.Tensor | None:
-    """Replace each class label by -1 (the null label) with probability p (classifier-free guidance)."""
-    if labels is None or p <= 0:
-        return labels
-    keep = torch.rand(labels.shape, generator=gen, device=gen.device).to(labels.device) >= p
-    return torch.where(keep, labels, torch.full_like(labels, -1))
+def online_and_target(online_net, target_net, x_t: torch.Tensor, t: torch.Tensor, x_r: torch.Tensor, r: torch.Tensor,
+                      **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """f_theta(x_t, t) with gradients, and the stop-gradient target f_theta^-(x_r, r) under the same dropout mask.
 
-
-def batch_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-    """Class labels of a batch, or None when the data set is unlabeled (all -1)."""
-    labels = batch.get("label")
-    if labels is None or bool((labels < 0).all()):
-        return None
-    return labels
+    The consistency losses of fsg all compare the model at the larger time t with a target at a smaller time r < t
+    (the paper's t_{n+1} and t_n in Song et al. 2023, Eq. 7 and 10). `kw` goes to both calls (cond, labels).
+    """
+    rng = SharedDropout(x_t.device)
+    online = online_net(x_t, t, **kw)
+    with torch.no_grad(), rng.replay():
+        target = target_net(x_r, r, **kw)
+    return online, target

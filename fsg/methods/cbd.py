@@ -13,10 +13,8 @@ from typing import Literal
 
 import torch
 
-from fsg.core.bridges import BridgeProcess, bridge_sample, cdbm_time_pair, dbim_step, sample_consistency_times
-from fsg.core.processes import randn
-from fsg.errors import UserError
-from fsg.methods.base import batch_labels
+from fsg.core.bridges import bridge_sample, cdbm_time_pair, dbim_step, sample_consistency_times
+from fsg.core.process import randn
 from fsg.methods.consistency import ConsistencyMethod
 
 
@@ -45,12 +43,8 @@ class BridgeConsistencyMethod(ConsistencyMethod):
 
     default_sampler = "cdbm"
     default_steps = 2
-
-    def __init__(self, cfg, model, process, **kw):
-        if not isinstance(process, BridgeProcess):
-            raise UserError(f"method '{cfg.name}' trains consistency bridge models: the process must be bridge-vp, "
-                            f"bridge-ve or bridge-i2sb, not '{process.name}'")
-        super().__init__(cfg, model, process, **kw)
+    processes = ("bridge-vp", "bridge-ve", "bridge-i2sb")
+    paired = True
 
     def target_ema(self, step: int) -> float:
         return self.cfg.target_ema
@@ -60,25 +54,27 @@ class BridgeConsistencyMethod(ConsistencyMethod):
         raise NotImplementedError
 
     def loss(self, nets, batch, step, gen):
-        x0, y = batch["x"], batch.get("cond")
-        if y is None:
-            raise UserError(f"method '{self.cfg.name}' needs paired data (a condition image per item)")
+        x0, y = batch["x"], batch["cond"]
         p, c = self.process, self.cfg
         t = sample_consistency_times(x0.shape[0], p, gen, x0.device)                     # (N,)
         r, weight = cdbm_time_pair(t, step, schedule=c.schedule, dt=c.dt, q=c.q, k=c.k, b=c.b,
                                    stage_steps=c.stage_steps, eps=p.t_min, horizon=p.T)
         z = randn(x0.shape, gen, x0.device)
         x_t = bridge_sample(p, x0, y, t, z)
-        return self.pair_loss(nets, batch, x_t, t, lambda: self.target_point(batch, x_t, t, r, z), r, weight)
+        with torch.no_grad():
+            x_r = self.target_point(batch, x_t, t, r, z)
+        return self.pair_loss(nets, batch, x_t, t, x_r, r, weight)
 
 
 class CBDMethod(BridgeConsistencyMethod):
     name = "cbd"
+    config = CBDConfig
+    command = "distill"
     needs_teacher = True
     init_from_teacher = True
 
     def target_point(self, batch, x_t, t, r, z):
         """One ODE-1 step of the teacher, Eq. 16 of He et al. 2024: DBIM from t to r with eta = 0."""
         y = batch["cond"]
-        x0_hat = self.teacher(x_t, t, cond=y, labels=batch_labels(batch))
+        x0_hat = self.teacher(x_t, t, cond=y, labels=batch.get("label"))
         return dbim_step(self.process, x_t, x0_hat, y, t, r)

@@ -26,6 +26,8 @@ class CBTConfig(BridgeConsistencyConfig):
 
 class CBTMethod(BridgeConsistencyMethod):
     name = "cbt"
+    config = CBTConfig
+    command = "train-consistency"
 
     def target_point(self, batch, x_t, t, r, z):
         """x_hat_r = a_r y + b_r x0 + c_r z with the z of x_t (Eq. 19 of He et al. 2024)."""

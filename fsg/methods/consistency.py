@@ -1,5 +1,10 @@
-"""What consistency distillation and training share: the target network theta^-, the distance d(., .)
-and the loss d(f_theta(x_{t_{n+1}}, t_{n+1}), f_theta^-(x_{t_n}, t_n)) (Eq. 7 and 10 of Song et al. 2023)."""
+"""What consistency distillation and training share: the target network theta^-, the distance d(., .) and the loss
+
+    L = lambda(t, r) d(f_theta(x_t, t), f_theta^-(x_r, r)),   r < t,
+
+Eq. 7 (CD) and Eq. 10 (CT) of Song et al. 2023 with their t_{n+1} written t and t_n written r. Each method says how
+it draws the pair (t, r) and the target point x_r (`target_point`), then calls `pair_loss`.
+"""
 
 from __future__ import annotations
 
@@ -8,37 +13,14 @@ import copy
 import torch
 from torch import nn
 
-from fsg.core.processes import ict_huber_c, pseudo_huber
-from fsg.methods.base import Method, SharedDropout, batch_labels
-
-DISTANCES = ("l2", "l1", "pseudo-huber", "lpips")
-
-
-def consistency_distance(a: torch.Tensor, b: torch.Tensor, metric: str, huber_c: float | None = None,
-                         lpips: nn.Module | None = None) -> torch.Tensor:
-    """Per-sample distance d(a, b): mean squared / absolute error, pseudo-Huber or LPIPS."""
-    if metric == "l2":
-        return (a - b).pow(2).flatten(1).mean(1)
-    if metric == "l1":
-        return (a - b).abs().flatten(1).mean(1)
-    if metric == "pseudo-huber":
-        c = huber_c if huber_c is not None else ict_huber_c(a[0].numel())
-        return pseudo_huber(a - b, c)
-    if metric == "lpips":
-        # as the CM reference: gray -> RGB, bilinear upsampling to 224 below 256 px
-        if a.shape[1] == 1:
-            a, b = a.expand(-1, 3, -1, -1), b.expand(-1, 3, -1, -1)
-        if a.shape[-1] < 256:
-            a, b = (torch.nn.functional.interpolate(v, size=224, mode="bilinear", align_corners=False) for v in (a, b))
-        return lpips(a, b).flatten()
-    raise ValueError(f"unknown distance {metric!r}")
+from fsg.core.distances import consistency_distance
+from fsg.methods.base import Method, online_and_target
+from fsg.nets.lpips import load_lpips as lpips_network
 
 
 def load_lpips(device) -> nn.Module:
-    """LPIPS from local weights only ($FSG_LPIPS, see fsg.eval.paired.load_lpips); never downloads."""
-    from fsg.eval.paired import load_lpips as load
-
-    return load(None, device).requires_grad_(False)
+    """LPIPS as a frozen loss network, from local weights only ($FSG_LPIPS, see fsg.nets.lpips); never downloads."""
+    return lpips_network(None, device).requires_grad_(False)
 
 
 class ConsistencyMethod(Method):
@@ -53,12 +35,8 @@ class ConsistencyMethod(Method):
         self.target = copy.deepcopy(model).requires_grad_(False)
         self.lpips = load_lpips(next(model.parameters()).device) if cfg.distance == "lpips" else None
 
-    def to(self, device):
-        super().to(device)
-        self.target.to(device)
-        if self.lpips is not None:
-            self.lpips.to(device)
-        return self
+    def frozen(self):
+        return [*super().frozen(), self.target, *([self.lpips] if self.lpips is not None else [])]
 
     def target_ema(self, step: int) -> float:
         """mu of the target network at `step`."""
@@ -79,18 +57,10 @@ class ConsistencyMethod(Method):
     def load_state_dict(self, state):
         self.target.load_state_dict(state["target"])
 
-    def pair_loss(self, nets, batch, x_t, t, target_point, r, weight):
-        """Online f(x_t, t) against stop-gradient target f^-(x_r, r) with the same dropout mask.
-
-        `target_point(online_rng)` computes x_r without gradients; `t`, `r` are per-sample (N,).
-        """
-        y, labels = batch.get("cond"), batch_labels(batch)
-        rng = SharedDropout(x_t.device)
-        online = nets["model"](x_t, t, cond=y, labels=labels)
-        with torch.no_grad():
-            x_r = target_point()
-            with rng.replay():
-                target = self.target(x_r, r, cond=y, labels=labels)
+    def pair_loss(self, nets, batch, x_t: torch.Tensor, t: torch.Tensor, x_r: torch.Tensor, r: torch.Tensor,
+                  weight: torch.Tensor):
+        """lambda d(f_theta(x_t, t), f_theta^-(x_r, r)), the target under the online pass's dropout mask; t, r (N,)."""
+        online, target = online_and_target(nets["model"], self.target, x_t, t, x_r, r, cond=batch.get("cond"),
+                                           labels=batch.get("label"))
         dist = consistency_distance(online, target, self.cfg.distance, self.cfg.huber_c, self.lpips)
-        loss = (weight * dist).mean()
-        return {"model": loss}, {"distance": dist.mean().item()}
+        return {"model": (weight * dist).mean()}, {"distance": dist.mean().item()}

@@ -1,9 +1,9 @@
 """Consistency training (Algorithm 3 of Song et al. 2023) and improved CT (Song & Dhariwal 2023).
 
-The teacher's ODE step is replaced by the unbiased one-sample estimate D = x0, so the target point is
-x_{t_{n+1}} = x0 + t_{n+1} z with the same z. N(k), mu(k) follow the progressive schedules; `schedule:
-ict` gives iCT's doubling curriculum with mu = 0, usually with pseudo-Huber, log-normal index sampling
-and weight 1/(t_{n+1} - t_n) ... all separate switches here.
+The pair t > r is adjacent on the N(k)-point Karras grid (the paper's t_{n+1} > t_n). The teacher's ODE step is
+replaced by the unbiased one-sample estimate D = x0, so the target point is x_r = x0 + r z with the z of
+x_t = x0 + t z. N(k), mu(k) follow the progressive schedules; `schedule: ict` gives iCT's doubling curriculum
+with mu = 0, usually with pseudo-Huber, log-normal index sampling and weight 1/(t - r) ... all separate switches.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Literal
 
 import torch
 
-from fsg.core.processes import append_dims, karras_sigmas, randn
-from fsg.core.schedules import ct_num_scales_and_ema, ict_num_scales, lognormal_index_probs
+from fsg.core.process import forward_sample, randn
+from fsg.core.schedules import ct_num_scales_and_ema, ict_num_scales, karras_sigmas, lognormal_index_probs
 from fsg.methods.consistency import ConsistencyMethod
 
 
@@ -25,20 +25,22 @@ class CTConfig:
     s0: int = 2                              # initial discretisation steps (iCT: 10)
     s1: int = 150                            # final discretisation steps (iCT: 1280)
     mu0: float = 0.9                         # target EMA at k = 0 (code/paper schedules)
-    total_steps: int | None = None           # K of the schedules (None: train.max_steps)
+    total_steps: int | None = None           # K of the schedules (None: the run's train.max_steps)
     distance: Literal["l2", "l1", "pseudo-huber", "lpips"] = "l2"
     huber_c: float | None = None             # pseudo-Huber c (None: 0.00054 sqrt(d))
     index_sampling: Literal["uniform", "lognormal"] = "uniform"
     P_mean: float = -1.1                     # log-normal index sampling (iCT)
     P_std: float = 2.0
-    weight: Literal["uniform", "inv_dt"] = "uniform"  # inv_dt: lambda = 1/(t_{n+1} - t_n) (iCT)
+    weight: Literal["uniform", "inv_dt"] = "uniform"  # inv_dt: lambda = 1/(t - r) (iCT)
 
 
 class CTMethod(ConsistencyMethod):
     name = "ct"
+    config = CTConfig
+    command = "train-consistency"
 
     def _K(self) -> int:
-        return self.cfg.total_steps or (self.recipe.train.max_steps if self.recipe else 1)
+        return self.cfg.total_steps or self.run.max_steps
 
     def schedule(self, step: int) -> tuple[int, float]:
         """(N(k), mu(k)) at training step k."""
@@ -61,13 +63,11 @@ class CTMethod(ConsistencyMethod):
             n = N - 2 - i                                                           # back to descending indices
         else:
             n = torch.randint(0, N - 1, (x0.shape[0],), generator=gen, device=gen.device).to(x0.device)
-        t, t_next = sigmas[n].float(), sigmas[n + 1].float()
+        t, r = sigmas[n].float(), sigmas[n + 1].float()                         # (N,), t > r
         z = randn(x0.shape, gen, x0.device)
-        x_t = x0 + append_dims(t, x0.ndim) * z
-        weight = 1 / (t - t_next) if c.weight == "inv_dt" else torch.ones_like(t)
-        return self.pair_loss(nets, batch, x_t, t, lambda: x0 + append_dims(t_next, x0.ndim) * z, t_next, weight)
+        x_t, x_r = forward_sample(p, x0, t, z), forward_sample(p, x0, r, z)     # one z for both
+        weight = 1 / (t - r) if c.weight == "inv_dt" else torch.ones_like(t)
+        return self.pair_loss(nets, batch, x_t, t, x_r, r, weight)
 
     def export_meta(self):
-        meta = super().export_meta()
-        meta["train_grid"] = self.schedule(self._K())[0]
-        return meta
+        return {**super().export_meta(), "train_grid": self.schedule(self._K())[0]}

@@ -6,8 +6,8 @@
 with the weights of the process (`loss_weights` in fsg.core.ddm; 1/t, 1/(1 - t), (1 - t)^2 for `ddm`, the
 reference's CIFAR-10 configuration). Squared and absolute errors are means over elements; for `ddm-linear`
 the attenuation error is the mean over the stacked (K, C), as the reference's `cat([K, C])` target.
-With `train.augment` = p > 0, x0 is EDM's augmented image and the network sees the augmentation labels
-(`fsg.data.augment`).
+With `train.augment` = p > 0 the engine gives x0 as EDM's augmented image and the network sees the augmentation
+labels (`fsg.data.augment`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from typing import Literal
 
 import torch
 
-from fsg.core.ddm import DDM_PROCESSES
 from fsg.errors import UserError
-from fsg.methods.base import Method, batch_labels, drop_labels
-from fsg.methods.diffusion import build_augment_pipe
-from fsg.nets.denoiser import Denoiser
+from fsg.methods.base import Method
+from fsg.methods.consistency import load_lpips
+from fsg.models.denoiser import Denoiser
 
 
 @dataclass(frozen=True)
@@ -46,39 +45,27 @@ def mean_error(a: torch.Tensor, b: torch.Tensor, p: int = 2) -> torch.Tensor:
 
 class DDMMethod(Method):
     name = "ddm"
+    config = DDMConfig
     precond = "diffusion"
     out_multiplier = 2            # two output groups (C, eps) on the channel axis
     default_sampler = "ddm"
     default_steps = 10
+    processes = ("ddm", "ddm-linear", "ddm-const2")
+    augmentable = True
 
     def __init__(self, cfg: DDMConfig, model: Denoiser, process, **kw):
-        if not isinstance(process, tuple(DDM_PROCESSES)):
-            names = ", ".join(p.name for p in DDM_PROCESSES)
-            raise UserError(f"method 'ddm' trains the DDM processes ({names}); the recipe's process is '{process.name}'")
         super().__init__(cfg, HeadsDenoiser(model.net, process, model.precond), process, **kw)
-        self.augment = build_augment_pipe(self.recipe, model.net)
-        self.lpips = None
-        if cfg.reconstruction == "l1+lpips":
-            from fsg.methods.consistency import load_lpips
+        self.lpips = load_lpips(next(model.parameters()).device) if cfg.reconstruction == "l1+lpips" else None
 
-            self.lpips = load_lpips(next(model.parameters()).device)
-
-    def to(self, device):
-        super().to(device)
-        if self.lpips is not None:
-            self.lpips.to(device)
-        return self
+    def frozen(self):
+        return [*super().frozen(), *([self.lpips] if self.lpips is not None else [])]
 
     def loss(self, nets, batch, step, gen):
         x0, y = batch["x"], batch.get("cond")
-        augment_labels = None
-        if self.augment is not None:
-            x0, augment_labels = self.augment(x0, gen)                       # EDM's pipe, as the DDM reference
         p = self.process
         t = p.train_times(x0.shape[0], gen, x0.device)                       # (N,)
         x_t, target = p.corrupt(x0, t, gen)
-        labels = drop_labels(batch_labels(batch), self.recipe.train.label_dropout if self.recipe else 0.0, gen)
-        h = nets["model"](x_t, t, cond=y, labels=labels, augment_labels=augment_labels, heads=True)
+        h = nets["model"](x_t, t, cond=y, labels=batch.get("label"), augment_labels=batch.get("augment_labels"), heads=True)
         w_att, w_eps, w_rec = p.loss_weights(t)                             # (N,) each
         att = torch.stack([mean_error(h[k], target[k]) for k in p.attenuation_params]).mean(0)
         eps = mean_error(h["eps"], target["eps"])

@@ -45,10 +45,12 @@ from typing import Literal
 
 import torch
 
-from fsg.core.processes import EDMProcess, append_dims, pseudo_huber, randn
+from fsg.core.distances import pseudo_huber
+from fsg.core.edm import EDMProcess
+from fsg.core.process import append_dims, randn
 from fsg.core.schedules import ect_r
 from fsg.errors import UserError
-from fsg.methods.base import Method, SharedDropout, batch_labels, drop_labels
+from fsg.methods.base import Method, RunInfo, online_and_target
 
 
 @dataclass(frozen=True)
@@ -131,18 +133,21 @@ class ECTMethod(Method):
     """ECT (and, with SCTConfig's defaults, SCT): the consistency loss against the network's own stop-gradient output."""
 
     name = "ect"
+    config = ECTConfig
     precond = "ect"
+    command = "tune-sct"
+    paired = False
     init_from_teacher = True
     default_sampler = "consistency"
     default_steps = 1
 
-    def __init__(self, cfg, model, process, *, teacher=None, recipe=None):
+    def __init__(self, cfg, model, process, *, teacher=None, run: RunInfo = RunInfo()):
         if cfg.double_steps < 1:
             raise UserError(f"method.double_steps must be at least 1, got {cfg.double_steps}")
         process = tuning_process(process, cfg.sigma_min)
         model.process = process
         # build_run copied the teacher's weights into `model`; the loss never calls the teacher, so it is not kept.
-        super().__init__(cfg, model, process, recipe=recipe)
+        super().__init__(cfg, model, process, run=run)
 
     def stage(self, step: int) -> float:
         """ECT's stage floor(k / double_steps), or SCT's continuous k / double_steps."""
@@ -156,10 +161,7 @@ class ECTMethod(Method):
 
     def loss(self, nets, batch, step, gen):
         x0, c = batch["x"], self.cfg
-        if batch.get("cond") is not None:
-            raise UserError("ECT/SCT tune unconditional or class-conditional models; this data has condition images")
-        labels = batch_labels(batch)
-        labels_in = drop_labels(labels, self.recipe.train.label_dropout if self.recipe else 0.0, gen)
+        labels_in, labels = batch.get("label"), batch.get("label_true")   # what the network sees; the data's classes
         n, stage = x0.shape[0], self.stage(step)
         t = (c.P_mean + c.P_std * randn((n,), gen, x0.device)).exp()           # (N,)
         r = ect_r(t, stage, c.q, c.k, c.b, c.mapping)                           # (N,), 0 <= r < t
@@ -172,13 +174,10 @@ class ECTMethod(Method):
             target_var = estimate_variance(v, x0, mean).mean()
             x_r = euler_target_point(x_t, t, r, mean if c.target == "batch" else x0)
 
-        rng = SharedDropout(x0.device)
-        online = nets["model"](x_t, t, labels=labels_in)
-        with torch.no_grad(), rng.replay():
-            live = r > 0
-            # f(x, 0) = x: where r = 0 the target is x_r itself; the net sees t there only to keep ln(r) finite.
-            f_r = self.model(x_r, torch.where(live, r, t), labels=labels_in)
-            target = torch.where(append_dims(live, x0.ndim), f_r.nan_to_num(), x_r)
+        live = r > 0
+        # f(x, 0) = x: where r = 0 the target is x_r itself; the net sees t there only to keep ln(r) finite.
+        online, f_r = online_and_target(nets["model"], self.model, x_t, t, x_r, torch.where(live, r, t), labels=labels_in)
+        target = torch.where(append_dims(live, x0.ndim), f_r.nan_to_num(), x_r)
 
         dist = pseudo_huber(online - target, c.huber_c)                         # (N,)
         loss = (self.weight(t, r) * dist).mean()
@@ -187,3 +186,4 @@ class ECTMethod(Method):
 
 class SCTMethod(ECTMethod):
     name = "sct"
+    config = SCTConfig

@@ -31,14 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsg.core.processes import randn
+from fsg.core.distances import consistency_distance
+from fsg.core.inversion import decode, encode, to_latent_resolution
+from fsg.core.process import randn
 from fsg.errors import UserError
-from fsg.methods.base import Method, batch_labels
-from fsg.methods.consistency import consistency_distance, load_lpips
+from fsg.methods.base import Method
+from fsg.methods.consistency import load_lpips
+from fsg.models.meta import load_state_strict, model_fingerprint, network_config_from_meta
 from fsg.nets.grow import GrownConfig, GrownNet, copy_matching, freeze_by_block, grown_config, upsampling_factor
-from fsg.nets.load import load_state_strict, network_config_from_meta
-from fsg.sampling.inversion import decode, encode, to_latent_resolution
-from fsg.train.latents import LatentStore, model_fingerprint
 
 GAN_WEIGHT_RANGE = (0.01, 10.0)      # clip of the adaptive weight (reference: 0.01 and 10)
 
@@ -99,7 +99,12 @@ def last_layer(net: nn.Module) -> torch.Tensor:
 
 class PaGoDAMethod(Method):
     name = "pagoda"
+    config = PaGoDAConfig
     precond = "diffusion"
+    command = "grow-decoder"
+    processes = ("edm",)
+    images_only = True
+    paired = False
     needs_teacher = True
     init_from_teacher = True
     default_sampler = "pagoda"
@@ -116,26 +121,18 @@ class PaGoDAMethod(Method):
         if cfg.stage == "encode":
             raise UserError("method.stage encode writes latents and trains nothing: run it with `fsg grow-decoder`")
         self.teacher_fingerprint = model_fingerprint(self.teacher.net)
-        data = self.train_data() if cfg.gan_weight > 0 or cfg.latents is not None else None
         if cfg.gan_weight > 0:
-            self.disc = Discriminator(data.shape[0], data.shape[-1], cfg.disc_channels)   # at the output resolution
-        self.store = None
-        if cfg.latents is not None:
-            self.store = LatentStore(cfg.latents)
-            self.store.check(self.teacher_fingerprint, cfg.inversion_steps, self.recipe.data, len(data))
+            self.disc = Discriminator(self.run.shape[0], self.run.shape[-1], cfg.disc_channels)   # at the output resolution
+        self.store = self.run.latents
         self.cache: dict[tuple[int, bool], torch.Tensor] | None = {} if cfg.cache_latents and self.store is None else None
 
-    def train_data(self):
-        from fsg.data import build_dataset
-
-        return build_dataset(self.recipe.data, "train")
-
     # ------------------------------------------------------------------ start model (called by build_run)
-    @classmethod
-    def start_network(cls, recipe, start, teacher, shape, cond_channels: int):
-        """The generator's network: the start model (teacher or --init), grown by k levels when the data is
-        2^k times its resolution, with every matching weight copied. Returns (network config, network)."""
-        cfg, t_shape = recipe.method, tuple(teacher.meta["shape"])
+    @staticmethod
+    def start_network(cfg: PaGoDAConfig, dropout: float | None, start, teacher, shape, cond_channels: int):
+        """The generator's network: the start model (teacher or --init; `LoadedModel`s), grown by k levels when the
+        data is 2^k times its resolution, with every matching weight copied, and with `dropout` when given.
+        Returns (network config, network)."""
+        t_shape = tuple(teacher.meta["shape"])
         if cond_channels or len(shape) != 3 or len(t_shape) != 3 or shape[0] != t_shape[0]:
             raise UserError(f"PaGoDA needs unconditional images with the teacher's channels; the data has shape "
                             f"{tuple(shape)}, the teacher {t_shape}")
@@ -143,8 +140,8 @@ class PaGoDAMethod(Method):
         if ratio * t_shape[-1] != shape[-1] or ratio & (ratio - 1):
             raise UserError(f"the data's resolution {shape[-1]} must be the teacher's {t_shape[-1]} times a power of 2")
         start_cfg = network_config_from_meta(start.meta)
-        if recipe.train.dropout is not None:
-            start_cfg = replace(start_cfg, dropout=float(recipe.train.dropout))
+        if dropout is not None:
+            start_cfg = replace(start_cfg, dropout=float(dropout))
         have = upsampling_factor(start_cfg)
         if start.meta.get("method") == "pagoda" and tuple(start.meta["shape"][1:]) != tuple(s * have for s in t_shape[1:]):
             raise UserError(f"--init model {start.path} was not grown from a teacher of shape {t_shape}")
@@ -173,11 +170,8 @@ class PaGoDAMethod(Method):
     def optimizer_overrides(self, name: str):
         return {"lr": self.cfg.disc_lr} if name == "disc" else {}
 
-    def to(self, device):
-        super().to(device)
-        if self.lpips is not None:
-            self.lpips.to(device)
-        return self
+    def frozen(self):
+        return [*super().frozen(), *([self.lpips] if self.lpips is not None else [])]
 
     def export_meta(self):
         return {**super().export_meta(), "latent_factor": self.factor, "inversion_steps": self.cfg.inversion_steps,
@@ -212,7 +206,7 @@ class PaGoDAMethod(Method):
         return decode(net, z, self.factor, self.process.sigma_max, labels)
 
     def loss(self, nets, batch, step, gen):
-        x, labels = batch["x"], batch_labels(batch)
+        x, labels = batch["x"], batch.get("label")
         if self.disc is not None and step % 2 == 1:
             return self.disc_loss(nets, x, labels, gen)
         rec_dist = consistency_distance(self.generate(nets["model"], self.latents(batch, labels), labels), x,

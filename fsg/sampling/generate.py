@@ -7,100 +7,33 @@ r, r + world, ...
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 
-from fsg.core.processes import karras_index_to_sigma, karras_sigmas
 from fsg.errors import UserError
-from fsg.nets.load import LoadedModel, load_model
+from fsg.models.load import LoadedModel
+from fsg.sampling import SAMPLERS
 from fsg.sampling.noise import SampleNoise
-from fsg.sampling.samplers import CountingDenoiser, sample_consistency, sample_euler, sample_heun
-
-SAMPLERS = {"heun": sample_heun, "euler": sample_euler, "consistency": sample_consistency}
-EXTRA_SAMPLERS: dict = {}     # name -> SamplerPlan factory, registered by other sampling modules (bridges, DDM)
-SAMPLER_KNOBS: dict[str, tuple[str, tuple[str, ...]]] = {}   # knob -> (its fsg sample option, the samplers it
-                                                             # applies to); given (not None) to another: a UserError
+from fsg.sampling.plan import KNOB_OPTIONS, SamplerPlan, default_sampler
+from fsg.sampling.samplers import CountingDenoiser
 
 
-@dataclass
-class SamplerPlan:
-    """A sampler with its time schedule and knobs, ready to run on batches."""
-
-    name: str
-    times: torch.Tensor                          # descending, float64
-    knobs: dict = field(default_factory=dict)
-    clip: bool = False
-    keeps_known = False     # whether run() takes an inpainting mask (bridge samplers)
-
-    def initial(self, noise, shape, cond=None) -> torch.Tensor:
-        """The starting point x_T (float64): N(0, T^2 I) for the EDM family; bridges start from cond."""
-        return noise.randn(shape, torch.float64) * float(self.times[0])
-
-    def run(self, denoise, x, noise):
-        return SAMPLERS[self.name](denoise, x, self.times, noise, **self.knobs)
-
-
-def default_sampler(meta: dict) -> tuple[str, int]:
-    s = meta.get("sample", {})
-    return s.get("sampler") or "heun", s.get("steps") or 18
-
-
-def consistency_times(model: LoadedModel, steps: int | None, timesteps: Sequence[int] | None,
-                      sigmas: Sequence[float] | None) -> torch.Tensor:
-    """Times of multistep consistency sampling: explicit sigmas, indices into the N-point training grid
-    (the reference's --ts; index 0 = sigma_max), or K evenly spaced indices of that grid."""
-    p = model.process
-    if sigmas:
-        t = torch.tensor(list(sigmas), dtype=torch.float64)
-    else:
-        N = int(model.meta.get("train_grid") or 40)
-        if timesteps:
-            idx = list(timesteps)
-            if any(i < 0 or i >= N for i in idx):
-                raise UserError(f"--timesteps: indices must lie in [0, {N - 1}] (the model's {N}-point training grid)")
-        else:
-            k = steps or 1
-            idx = [round(i * (N - 1) / k) for i in range(k)]
-        t = karras_index_to_sigma(torch.tensor(idx), N, p.sigma_min, p.sigma_max, p.rho)
-    if len(t) > 1 and not bool((t[1:] < t[:-1]).all()):
-        raise UserError("consistency sampling times must be strictly decreasing")
-    return t
-
-
-def plan_sampler(model: LoadedModel, sampler: str | None = None, steps: int | None = None,
-                 timesteps: Sequence[int] | None = None, sigmas: Sequence[float] | None = None,
-                 **knobs) -> SamplerPlan:
-    """Resolve a sampler name + steps into a SamplerPlan for this model (defaults from its metadata)."""
-    default_name, default_steps = default_sampler(model.meta)
-    name = sampler or default_name
-    for knob, (option, names) in SAMPLER_KNOBS.items():
-        if knobs.get(knob) is not None and name not in names:
-            raise UserError(f"{option} applies to the {' and '.join(names)} sampler{'s' if len(names) > 1 else ''}, "
-                            f"not to '{name}'")
-    if name in EXTRA_SAMPLERS:
-        return EXTRA_SAMPLERS[name](model, steps, **knobs)
+def plan_sampler(model: LoadedModel, sampler: str | None = None, steps: int | None = None, **knobs) -> SamplerPlan:
+    """Resolve a sampler name + steps into a SamplerPlan for this model (defaults from its metadata). A knob given
+    (not None) to a sampler that does not take it is refused, naming its option."""
+    name = sampler or default_sampler(model.meta)[0]
     if name not in SAMPLERS:
-        raise UserError(f"unknown sampler '{name}' (available: {', '.join([*SAMPLERS, *EXTRA_SAMPLERS])})")
-    p = model.process
-    if not hasattr(p, "sigma_max"):
-        raise UserError(f"sampler '{name}' integrates the EDM-family ODE; this {p.name} model samples with "
-                        f"'{default_name}' (the default) or {', '.join(EXTRA_SAMPLERS)}")
-    if name == "consistency":
-        if model.denoiser.precond == "diffusion":
-            raise UserError("the consistency sampler needs a consistency model; this is a diffusion model (use heun or euler)")
-        times = consistency_times(model, steps if steps is not None else (default_steps if name == default_name else 1), timesteps, sigmas)
-        extra = {k: v for k, v in knobs.items() if k == "edge_skip" and v}
-        return SamplerPlan(name, times, {"t_min": p.sigma_min, **extra}, clip=True)
-    if timesteps or sigmas:
-        raise UserError("--timesteps/--sigmas apply to the consistency sampler only")
-    n = steps if steps is not None else (default_steps if name == default_name else 18)
-    if n < 1:
-        raise UserError("--steps must be at least 1")
-    churn = {k: v for k, v in knobs.items() if k in ("s_churn", "s_tmin", "s_tmax", "s_noise") and v is not None}
-    return SamplerPlan(name, karras_sigmas(n, p.sigma_min, p.sigma_max, p.rho), churn)
+        raise UserError(f"unknown sampler '{name}' (available: {', '.join(SAMPLERS)})")
+    spec = SAMPLERS[name]
+    for knob, value in knobs.items():
+        if knob not in KNOB_OPTIONS:
+            raise TypeError(f"unknown sampler knob {knob!r}")
+        if value is not None and knob not in spec.knobs:
+            takers = [n for n, sp in SAMPLERS.items() if knob in sp.knobs]
+            raise UserError(f"{KNOB_OPTIONS[knob]} applies to the {' and '.join(takers)} sampler"
+                            f"{'s' if len(takers) > 1 else ''}, not to '{name}'")
+    return spec.plan(model, steps, **{k: v for k, v in knobs.items() if k in spec.knobs})
 
 
 class SampleStream:
@@ -145,11 +78,11 @@ class SampleStream:
             yield idx, x, labels
 
 
-def iter_samples(model: str | Path | LoadedModel | None, n: int, *, steps: int | None = None, sampler: str | None = None,
+def iter_samples(model: LoadedModel, n: int, *, steps: int | None = None, sampler: str | None = None,
                  seed: int = 0, batch_size: int = 256, device="cpu", rank: int = 0, world: int = 1, **knobs) -> SampleStream:
-    """Stream n samples of a model (path, LoadedModel, or None for the bundled one). `conds` and `masks` map
-    sample indices to conditions and inpainting masks (bridges); `guidance` is classifier-free guidance."""
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, device)
+    """Stream n samples of a loaded model. `conds` and `masks` map sample indices to conditions and inpainting
+    masks (bridges); `guidance` is classifier-free guidance; other keywords are sampler knobs."""
+    loaded = model
     plan_knobs = {k: v for k, v in knobs.items() if k not in ("labels", "guidance", "conds", "masks")}
     plan = plan_sampler(loaded, sampler, steps, **plan_knobs)
     masks = knobs.get("masks")
@@ -157,12 +90,3 @@ def iter_samples(model: str | Path | LoadedModel | None, n: int, *, steps: int |
         raise UserError(f"--mask applies to the bridge samplers, not to '{plan.name}'")
     return SampleStream(loaded, plan, n, seed, batch_size, device, rank, world, labels=knobs.get("labels"),
                         guidance=knobs.get("guidance", 1.0), conds=knobs.get("conds"), masks=masks)
-
-
-# Samplers that live in their own modules register themselves in EXTRA_SAMPLERS on import.
-for _module in ("fsg.sampling.bridges", "fsg.sampling.ddm"):
-    try:
-        __import__(_module)
-    except ModuleNotFoundError as _e:
-        if _e.name != _module:
-            raise

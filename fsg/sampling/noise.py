@@ -51,3 +51,44 @@ class SampleNoise:
 
     def randint(self, high: int) -> torch.Tensor:
         return torch.cat([torch.randint(0, high, (1,), generator=g, device=self.device) for g in self.gens])
+
+
+def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation sin((1-a) theta)/sin(theta) z0 + sin(a theta)/sin(theta) z1 (Shoemake 1985), theta
+    the angle between the flattened latents, one row per a in `alpha` (P,) -> (P, *z0.shape). a = 0 and 1 give
+    z0 and z1 exactly; (anti)parallel latents fall back to linear interpolation."""
+    a = alpha.to(torch.float64).reshape(-1, *([1] * z0.ndim))                 # (P, 1, ..., 1)
+    z0, z1 = z0.to(torch.float64), z1.to(torch.float64)
+    cos = (z0 * z1).sum() / (z0.norm() * z1.norm())
+    theta = torch.arccos(cos.clamp(-1, 1))
+    if float(torch.sin(theta)) < 1e-6:
+        return (1 - a) * z0 + a * z1
+    return (torch.sin((1 - a) * theta) * z0 + torch.sin(a * theta) * z1) / torch.sin(theta)
+
+
+class SlerpNoise:
+    """Noise along an interpolation path: every draw is the slerp of one draw from each endpoint's stream, so
+    the endpoints (a = 0, 1) replay the noise of their own plain samples, re-noising of multistep included."""
+
+    def __init__(self, a: SampleNoise, b: SampleNoise, alpha: torch.Tensor):
+        assert len(a) == len(b) == 1, "one stream per endpoint"
+        self.a, self.b, self.alpha = a, b, alpha
+
+    def __len__(self) -> int:
+        return len(self.alpha)
+
+    def randn(self, shape, dtype=torch.float32) -> torch.Tensor:
+        row = (1, *shape[1:])
+        z = slerp(self.a.randn(row, torch.float64)[0], self.b.randn(row, torch.float64)[0], self.alpha)
+        return z.to(device=self.a.device, dtype=dtype)
+
+
+class FixedNoise:
+    """A noise source whose one draw is given (the slerp path of two latent files)."""
+
+    def __init__(self, z: torch.Tensor):
+        self.z = z
+
+    def randn(self, shape, dtype=torch.float32) -> torch.Tensor:
+        assert tuple(shape) == tuple(self.z.shape), (shape, self.z.shape)
+        return self.z.to(dtype)

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
+
+from fsg.sampling.generate import iter_samples
+
 
 def ternary_search_middle(metric: Callable[[int], float], lo: int, hi: int) -> tuple[int, dict[int, float]]:
     """Integer p in [lo, hi] minimising a unimodal `metric(p)`; returns p and every value evaluated.
@@ -30,13 +34,13 @@ def ternary_search_middle(metric: Callable[[int], float], lo: int, hi: int) -> t
 
 
 def two_step_metric(model, n: int, score: Callable, seed: int = 0, batch_size: int = 256, device="cpu"):
-    """metric(p) = score(samples of the two-step schedule (0, p) on the model's training grid)."""
-    import torch
-
-    from fsg.sampling.generate import iter_samples
+    """metric(p) = score(samples of the two-step schedule ts = (0, p, N - 1) on the model's N-point training grid,
+    calls at indices 0 and p as the reference's --ts)."""
+    end = int(model.meta.get("train_grid") or 40) - 1
 
     def metric(p: int) -> float:
-        stream = iter_samples(model, n, sampler="consistency", timesteps=[0, p], seed=seed, batch_size=batch_size, device=device)
+        stream = iter_samples(model, n, sampler="consistency", timesteps=[0, p, end], seed=seed, batch_size=batch_size,
+                              device=device)
         return float(score(torch.cat([x for _, x, _ in stream])))
 
     return metric

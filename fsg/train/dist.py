@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from fsg.errors import UserError
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -88,3 +90,26 @@ def barrier() -> None:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA when present, else CPU. 'auto' and a bare 'cuda' mean the local rank's GPU under
+    torchrun/Slurm (cuda:LOCAL_RANK), so every process of a job gets its own GPU; 'cuda:N' is taken as given."""
+    def local_gpu() -> torch.device:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0))))
+
+    if device == "auto":
+        return local_gpu() if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device: unknown device '{device}' (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"--device: unknown device '{device}' (use auto, cpu, cuda or cuda:N)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is None:
+        return local_gpu()
+    if dev.type == "cuda" and dev.index >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev

@@ -30,6 +30,7 @@ from torch import nn
 
 from fsg.errors import EXIT_NONFINITE, EXIT_PREEMPTED
 from fsg.io.checkpoint import MODEL_FILE, list_states, load_state, save_model, save_state, state_path
+from fsg.sampling.noise import sample_seed
 from fsg.train.dist import DistEnv, all_reduce_max, barrier
 from fsg.train.ema import EMAs, halflife_rate
 
@@ -81,8 +82,6 @@ def make_optimizer(params, t, overrides: dict[str, Any]) -> torch.optim.Optimize
 
 def step_generator(seed: int, step: int, rank: int, micro: int, device: torch.device) -> torch.Generator:
     """The explicit generator of one micro-batch: a pure function of (seed, step, rank, micro)."""
-    from fsg.sampling.noise import sample_seed
-
     g = torch.Generator(device=device if device.type == "cuda" else "cpu")
     return g.manual_seed(sample_seed(seed, ((step * 4096) + rank) * 64 + micro))
 
@@ -91,8 +90,10 @@ class Trainer:
     """Runs a Method on a BatchStream; `export(step)` writes model.safetensors through `export_fn`."""
 
     def __init__(self, recipe, method, model_meta: dict[str, Any], opts: RunOptions,
-                 sample_grid: Callable[[nn.Module, Path], None] | None = None):
+                 sample_grid: Callable[[nn.Module, Path], None] | None = None,
+                 transform: Callable[[dict, torch.Generator], dict] | None = None):
         self.recipe, self.method, self.meta, self.opts = recipe, method, model_meta, opts
+        self.transform = transform or (lambda batch, gen: batch)
         self.t = recipe.train
         self.max_steps = opts.max_steps if opts.max_steps is not None else self.t.max_steps
         self.device, self.env = opts.device, opts.env
@@ -211,7 +212,7 @@ class Trainer:
                 else contextlib.nullcontext()
             with sync:
                 with autocast:
-                    losses, mb_logs = self.method.loss(self.nets, mb, self.step, gen)
+                    losses, mb_logs = self.method.loss(self.nets, self.transform(mb, gen), self.step, gen)
                 frac = next(iter(mb.values())).shape[0] / n_total
                 sum(losses.values()).mul(frac).backward()
             stepped |= set(losses)

@@ -6,18 +6,17 @@ from pathlib import Path
 
 import torch
 
+from fsg.data.conditions import data_conds
+from fsg.errors import UserError
 from fsg.io.images import save_samples_png
-from fsg.nets.load import LoadedModel
+from fsg.models.load import LoadedModel
+from fsg.sampling.generate import iter_samples
 
 
 def grid_writer(meta: dict, n: int, device: torch.device):
     """A function (denoiser, path) -> None that samples `n` items (seed 0) and writes a PNG."""
-    from fsg.errors import UserError
-    from fsg.sampling.generate import iter_samples
-
     conds = None
     if meta.get("cond_channels"):      # a bridge: its grid maps held-out (else training) conditions
-        from fsg.sampling.bridges import data_conds
         try:
             conds = data_conds(meta, "test")
         except UserError:

@@ -1,24 +1,23 @@
-"""Forward processes of the EDM family: the marginal x_t = x0 + sigma(t) * eps and its PF-ODE.
+"""Forward processes of the EDM family: the marginal x_t = x0 + sigma(t) eps and its PF-ODE, with time = sigma.
 
-Every process is a frozen dataclass whose fields are its recipe section (`process:` in a recipe), so the
-configuration and the math are one object. Times are the noise level sigma for `edm` and `vp` (the
-samplers integrate dx/dsigma = (x - D(x, sigma)) / sigma, Eq. 3 of Karras et al. 2022, for both).
-Bridge and DDM processes live in `fsg.core.bridges` and `fsg.core.ddm`.
+Both processes here use the noise level sigma as their time, so their PF-ODE is dx/dsigma = (x - D(x, sigma)) /
+sigma (Eq. 3 of Karras et al. 2022 with s(t) = 1, sigma(t) = t), and they differ in the training distribution,
+the loss weight and the preconditioning (Table 1 of Karras et al. 2022).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+from fsg.core.process import randn
 
-def randn(shape, gen: torch.Generator | None, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Normal noise drawn from an explicit generator (on the generator's device, then moved)."""
-    gdev = gen.device if gen is not None else "cpu"
-    return torch.randn(shape, generator=gen, device=gdev, dtype=dtype).to(device or gdev)
+
+def ve_ode_drift(x: torch.Tensor, x0_hat: torch.Tensor, t) -> torch.Tensor:
+    """d = (x - D(x; t)) / t, the PF-ODE slope of x_t = x0 + t eps (Eq. 3 of Karras et al. 2022)."""
+    return (x - x0_hat) / t
 
 
 @dataclass(frozen=True)
@@ -32,6 +31,14 @@ class EDMProcess:
     rho: float = 7.0             # Karras schedule exponent
     P_mean: float = -1.2         # mean of ln(sigma) during training
     P_std: float = 1.2           # std of ln(sigma) during training
+
+    @property
+    def t_min(self) -> float:
+        return self.sigma_min
+
+    @property
+    def t_max(self) -> float:
+        return self.sigma_max
 
     def marginal(self, t: torch.Tensor):
         """(alpha, beta, sigma) of x_t = alpha x0 + beta y + sigma eps: here (1, 0, t)."""
@@ -57,13 +64,8 @@ class EDMProcess:
     def consistency_scalings(self, t: torch.Tensor):
         return consistency_scalings(t, self.sigma_data, self.sigma_min)
 
-    @property
-    def t_max(self) -> float:
-        return self.sigma_max
-
-    @property
-    def t_min(self) -> float:
-        return self.sigma_min
+    def ode_drift(self, x: torch.Tensor, x0_hat: torch.Tensor, t, cond=None) -> torch.Tensor:
+        return ve_ode_drift(x, x0_hat, t)
 
 
 @dataclass(frozen=True)
@@ -82,20 +84,20 @@ class VPProcess:
     rho: float = 7.0             # Karras schedule exponent used for sampling
 
     def sigma(self, t):
-        t = torch.as_tensor(t)
+        t = torch.as_tensor(t, dtype=torch.float64) if not torch.is_tensor(t) else t
         return (0.5 * self.beta_d * t**2 + self.beta_min * t).exp().sub(1).sqrt()
 
     def sigma_inv(self, sigma):
-        sigma = torch.as_tensor(sigma)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64) if not torch.is_tensor(sigma) else sigma
         return ((self.beta_min**2 + 2 * self.beta_d * (1 + sigma**2).log()).sqrt() - self.beta_min) / self.beta_d
 
     @property
     def sigma_min(self) -> float:
-        return float(self.sigma(torch.tensor(self.epsilon_t, dtype=torch.float64)))
+        return float(self.sigma(self.epsilon_t))
 
     @property
     def sigma_max(self) -> float:
-        return float(self.sigma(torch.tensor(1.0, dtype=torch.float64)))
+        return float(self.sigma(1.0))
 
     t_min = sigma_min
     t_max = sigma_max
@@ -122,6 +124,9 @@ class VPProcess:
     def consistency_scalings(self, t: torch.Tensor):
         return consistency_scalings(t, self.sigma_data, self.sigma_min)
 
+    def ode_drift(self, x: torch.Tensor, x0_hat: torch.Tensor, t, cond=None) -> torch.Tensor:
+        return ve_ode_drift(x, x0_hat, t)
+
 
 def consistency_scalings(t: torch.Tensor, sigma_data: float, sigma_min: float):
     """Boundary-condition scalings so that f(x, sigma_min) = x exactly (Appendix C of Song et al. 2023).
@@ -135,41 +140,3 @@ def consistency_scalings(t: torch.Tensor, sigma_data: float, sigma_min: float):
     c_in = 1 / (t**2 + sd**2).sqrt()
     c_noise = t.log() / 4
     return c_skip, c_out, c_in, c_noise
-
-
-def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, append_zero: bool = True,
-                  dtype=torch.float64) -> torch.Tensor:
-    """t_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho (Eq. 5 of Karras et al. 2022).
-
-    Descending from sigma_max to sigma_min, with t_n = 0 appended when `append_zero`.
-    """
-    if n == 1:
-        ramp = torch.zeros(1, dtype=dtype)
-    else:
-        ramp = torch.linspace(0, 1, n, dtype=dtype)
-    inv = 1.0 / rho
-    sig = (sigma_max**inv + ramp * (sigma_min**inv - sigma_max**inv)) ** rho
-    return torch.cat([sig, sig.new_zeros(1)]) if append_zero else sig
-
-
-def karras_index_to_sigma(i, n: int, sigma_min: float, sigma_max: float, rho: float = 7.0):
-    """Noise level of grid index i on the n-point Karras grid (index 0 = sigma_max, n-1 = sigma_min)."""
-    inv = 1.0 / rho
-    i = torch.as_tensor(i, dtype=torch.float64)
-    return (sigma_max**inv + i / (n - 1) * (sigma_min**inv - sigma_max**inv)) ** rho
-
-
-def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
-    """Reshape a per-sample vector (N,) to (N, 1, ..., 1) with `ndim` dims in total."""
-    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
-
-
-def pseudo_huber(diff: torch.Tensor, c: float) -> torch.Tensor:
-    """Per-sample pseudo-Huber distance sqrt(||d||^2 + c^2) - c (Sec. 3.3 of Song & Dhariwal 2023)."""
-    sq = diff.flatten(1).pow(2).sum(1)
-    return (sq + c * c).sqrt() - c
-
-
-def ict_huber_c(dim: int) -> float:
-    """c = 0.00054 sqrt(d) for data of dimension d (Sec. 3.3 of Song & Dhariwal 2023)."""
-    return 0.00054 * math.sqrt(dim)

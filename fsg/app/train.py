@@ -1,4 +1,5 @@
-"""Train from a recipe: the library function behind every training command (and `fsg demo`)."""
+"""Train from a recipe into a run folder: the library function behind every training command, `fsg demo` and
+`fsg.train(...)`."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ from pathlib import Path
 
 import torch
 
+from fsg.data import BatchStream
 from fsg.errors import UserError
 from fsg.io.checkpoint import MODEL_FILE, atomic_write, list_states
-from fsg.recipe import load_recipe, recipe_yaml
-from fsg.train.dist import init_distributed, shutdown
+from fsg.train.dist import init_distributed, resolve_device, shutdown
 from fsg.train.engine import RunOptions, Trainer
 from fsg.train.grid import grid_writer
+from fsg.train.recipe import load_recipe, recipe_yaml
 from fsg.train.setup import build_run
 
 
@@ -23,8 +25,6 @@ def train(command: str, recipe_path, overrides=(), run_dir=None, device: str = "
 
     Raises TrainingStopped on preemption or a non-finite loss (the checkpoint is kept).
     """
-    from fsg.cli.common import resolve_device
-
     if recipe_path is None:
         raise UserError(f"`fsg {command}` needs --recipe (see recipes/ and recipes/tiny/)")
     overrides = list(overrides or [])
@@ -49,14 +49,13 @@ def train(command: str, recipe_path, overrides=(), run_dir=None, device: str = "
             atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(recipe_yaml(recipe)))
 
         def stream(start_step: int):
-            from fsg.data import BatchStream
             return BatchStream(parts.dataset, recipe.train.batch_size, rank=env.rank, world=env.world,
                                seed=recipe.train.seed, start_step=start_step, flip=recipe.data.flip,
                                workers=recipe.data.workers, device=dev)
 
         opts = RunOptions(run_dir, dev, env, max_steps, resume, time_budget, requeue, progress)
         trainer = Trainer(recipe, parts.method, parts.meta, opts,
-                          sample_grid=grid_writer(parts.meta, recipe.sample.grid, dev))
+                          sample_grid=grid_writer(parts.meta, recipe.sample.grid, dev), transform=parts.transform)
         trainer.fit(stream)
     finally:
         shutdown()

@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from fsg.core.processes import EDMProcess, VPProcess
+from fsg.core.edm import EDMProcess, VPProcess
 from fsg.errors import UserError
 from fsg.io.checkpoint import MODEL_FILE, read_model, save_model
 from fsg.io.config import ConfigError, from_dict, to_dict
 from fsg.nets.adm import ADMConfig
 from fsg.nets.edm import DhariwalUNetConfig, SongUNetConfig
-from fsg.nets.load import load_state_strict, network_config_from_meta
+from fsg.models.meta import load_state_strict, network_config_from_meta
 
 META_KEYS = ("format", "process", "precond", "network", "shape", "out_channels", "cond_channels", "num_classes",
              "method", "step", "sample", "train_grid", "source", "fsg_version")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fsg.core.processes import append_dims
+from fsg.core.process import append_dims
 from fsg.errors import UserError
 
 

@@ -11,28 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union
 
-from fsg.core.processes import EDMProcess, VPProcess
+from fsg.core import PROCESSES, ProcessConfig
 from fsg.data.config import DataConfig
 from fsg.errors import UserError
 from fsg.io.config import apply_overrides, dump_yaml, from_dict, parse_yaml
-from fsg.methods import METHOD_CONFIGS
-from fsg.nets import NETWORK_CONFIGS
+from fsg.methods import METHODS
+from fsg.nets import NETWORKS, NetworkConfig
+from fsg.resources import find_recipe
 
-PROCESS_CONFIGS = [EDMProcess, VPProcess]
-try:  # processes that land in their own modules
-    from fsg.core.bridges import BRIDGE_PROCESSES
-    PROCESS_CONFIGS += BRIDGE_PROCESSES
-except ModuleNotFoundError:
-    pass
-try:
-    from fsg.core.ddm import DDM_PROCESSES
-    PROCESS_CONFIGS += DDM_PROCESSES
-except ModuleNotFoundError:
-    pass
-
-ProcessConfig = Union[tuple(PROCESS_CONFIGS)]
-NetworkConfig = Union[tuple(NETWORK_CONFIGS)]
-MethodConfig = Union[tuple(METHOD_CONFIGS)]
+MethodConfig = Union[tuple(method.config for method in METHODS.values())]
 
 
 @dataclass(frozen=True)
@@ -82,9 +69,9 @@ class SampleConfig:
 @dataclass(frozen=True)
 class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
-    network: NetworkConfig = field(default_factory=lambda: NETWORK_CONFIGS[0]())
-    method: MethodConfig = field(default_factory=lambda: METHOD_CONFIGS[0]())
-    process: ProcessConfig = field(default_factory=EDMProcess)
+    network: NetworkConfig = field(default_factory=NETWORKS["mlp"])
+    method: MethodConfig = field(default_factory=METHODS["diffusion"].config)
+    process: ProcessConfig = field(default_factory=PROCESSES["edm"])
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     description: str = ""                    # one line: what the recipe reproduces
@@ -95,8 +82,6 @@ def load_recipe(path: str | Path | None, overrides: typing.Sequence[str] = (), d
     """Read a recipe file (or just `defaults`), apply `--set` overrides, validate into a Recipe."""
     data: dict = dict(defaults or {})
     if path is not None:
-        from fsg.resources import find_recipe
-
         p = find_recipe(path)              # a file as given, else a shipped recipe of that name (tiny/edm_toy)
         if not p.is_file():
             raise UserError(f"recipe not found: {p}")

@@ -18,17 +18,19 @@ from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.table import Table
 
+from fsg.app.train import train
+from fsg.data import sample_toy
+from fsg.eval.quality import digits_fid, toy_distances
 from fsg.io.images import grid_image, save_png, scatter_image
-from fsg.nets.load import load_model
+from fsg.models.load import load_model
 from fsg.resources import shipped
+from fsg.sampling.generate import iter_samples
 
 ASSETS = shipped("assets")
 RECIPES = shipped("recipes", "tiny")
 
 
 def _sample(model, n: int, device, **kw) -> tuple[torch.Tensor, int, float]:
-    from fsg.sampling.generate import iter_samples
-
     start = time.perf_counter()
     stream = iter_samples(model, n, seed=0, batch_size=n, device=device, **kw)
     x = torch.cat([b for _, b, _ in stream])
@@ -54,8 +56,6 @@ def _row(panels: list[Image.Image]) -> Image.Image:
 
 
 def _teacher(run_dir: Path, device, train_teacher: bool, console: Console) -> Path:
-    from fsg.train.run import train
-
     bundled = ASSETS / "edm_toy" / "model.safetensors"
     if bundled.is_file() and not train_teacher:
         console.print(f"[bold]1/4[/] teacher: bundled EDM toy teacher (assets/{bundled.parent.name})")
@@ -72,9 +72,6 @@ def _teacher(run_dir: Path, device, train_teacher: bool, console: Console) -> Pa
 def run_demo(run_dir: Path, device: torch.device, n: int = 5000, train_teacher: bool = False,
              console: Console | None = None) -> dict:
     """Run the pipeline; returns the results dict also written to run_dir/demo.json."""
-    from fsg.eval.quality import toy_distances
-    from fsg.train.run import train
-
     console = console or Console(stderr=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     teacher_path = _teacher(run_dir, device, train_teacher, console)
@@ -132,15 +129,11 @@ def run_demo(run_dir: Path, device: torch.device, n: int = 5000, train_teacher: 
 
 
 def _fresh_toy(n: int) -> torch.Tensor:
-    from fsg.data import sample_toy
-
     return sample_toy("moons", n, torch.Generator().manual_seed(1))
 
 
 def _digits_rows(device, console: Console, n: int = 512):
     """The bundled digits teacher (35 NFE) against the bundled 1-step model, when both are present."""
-    from fsg.eval.quality import digits_fid
-
     teacher, student = ASSETS / "edm_digits" / "model.safetensors", ASSETS / "cd_digits" / "model.safetensors"
     if not (teacher.is_file() and student.is_file()):
         return []

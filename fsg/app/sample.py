@@ -1,4 +1,4 @@
-"""Run a sampler over n samples and stream them to an .npz, a folder of PNGs and/or a grid."""
+"""`fsg sample`, files out: run a sampler over n samples and stream them to an .npz, a folder of PNGs and/or a grid."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 
 from fsg.core.bridges import BridgeProcess
+from fsg.data.conditions import condition_source, mask_source
 from fsg.errors import UserError
 from fsg.io.images import NpzWriter, save_samples_png, to_uint8
-from fsg.nets.load import load_model
+from fsg.models.load import load_model
 from fsg.sampling.generate import iter_samples
 
 GRID_IMAGES = 64       # images in a --grid PNG
@@ -32,9 +33,8 @@ def run_sampling(model_path, n: int, *, out: Path | None, grid: Path | None, see
         knobs["w"], guidance = guidance, None
     conds = masks = mask_kind = None
     if model.meta.get("cond_channels", 0):   # image-to-image: condition i from --cond, else the held-out data
-        from fsg.sampling.bridges import condition_source, mask_source
-        conds = condition_source(model, cond)
-        masks, mask_kind = mask_source(model, conds, mask)
+        conds = condition_source(model.meta, cond)
+        masks, mask_kind = mask_source(model.meta, conds, mask)
     elif cond is not None or mask is not None:
         raise UserError(f"{'--cond' if cond is not None else '--mask'}: this model takes no condition image")
     stream = iter_samples(model, n, seed=seed, batch_size=batch_size, device=device, conds=conds, masks=masks,
