@@ -15,14 +15,14 @@ from PIL import Image
 
 from fsg.errors import UserError
 from fsg.eval import inception as inception_mod
-from fsg.eval.fid import accumulate, compare
-from fsg.app.evaluate import reference_stats
+from fsg.eval.fid import accumulate, fd, stats_of
+from fsg.app.evaluate import measure_reference
 from fsg.eval.images import to_uint8
 from fsg.eval.inception import INCEPTION_SHA256, INCEPTION_URL, CleanFeatures
 from fsg.eval.paired import paired_metrics
 from fsg.nets.lpips import LIN_FILE, LPIPS_CHANNELS, VGG_FILE, _vgg16_trunk, load_lpips
 from fsg.eval.stats import Stats
-from fsg.app.image_sources import array_source, folder_source, open_source
+from fsg.app.image_sources import Reference, array_source, folder_source, open_source
 from fsg.eval.stats import FeatureStats, fid_from_stats, frechet_distance, kid, mmd_rbf, sliced_wasserstein
 
 
@@ -279,8 +279,10 @@ def test_eval_fid_digits_is_small_for_real_digits_and_large_for_noise(tmp_path, 
                            "--kid", "--json", tmp_path / "real.json", "--device", "cpu")
     assert code == 0 and "FID" in out
     real = json.loads((tmp_path / "real.json").read_text())
-    assert {"fid", "kid", "kid_std", "n", "nfe", "model", "ref", "features"} <= real.keys()
-    assert real["n"] == 1000 and real["features"] == "digits" and real["ref"] == "digits" and real["nfe"] is None
+    assert {"protocol", "fid", "kid", "kid_std", "sets", "stamp"} <= real.keys()
+    stamp = real["stamp"]
+    assert stamp["n"] == [1000] and list(stamp["features"]) == ["digits"] and stamp["reference"] == "digits"
+    assert stamp["nfe"] is None and stamp["samples"] == [str(tmp_path / "real.npz")] and stamp["comparable"]
     code, _, _ = run_cli(monkeypatch, capsys, "--samples", tmp_path / "noise.npz", "--ref", "digits", "--features", "digits",
                          "--kid", "--json", tmp_path / "noise.json", "--device", "cpu")
     noisy = json.loads((tmp_path / "noise.json").read_text())
@@ -292,21 +294,23 @@ def test_float_nchw_samples_score_like_their_uint8_pixels(digit_pixels):
     from fsg.eval.digits import load_digits_features
 
     extractor = load_digits_features()
-    ref = reference_stats(open_source("digits"), extractor, 512)
+    ref = stats_of(accumulate(open_source("digits").batches(512), extractor), "digits", "digits", 8)
     pixels = digit_pixels[:300]
     floats = (pixels.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1)  # NCHW in [-1, 1]
-    fids = [compare(accumulate(array_source(a, "s").batches(128), extractor), ref)[0] for a in (pixels, floats)]
+    fids = [fd(accumulate(array_source(a, "s").batches(128), extractor), ref) for a in (pixels, floats)]
     assert fids[0] == pytest.approx(fids[1], rel=1e-9)
 
 
-def test_an_npz_with_images_and_statistics_is_read_as_images(tmp_path, digit_pixels):
-    # ADM's reference batches hold arr_0 (uint8 NHWC) and TF-Inception mu/sigma: fsg scores the images itself.
+def test_an_npz_with_images_and_statistics_keeps_both(tmp_path, digit_pixels):
+    # A DDBM-style reference holds arr_0 (uint8 NHWC) and TF-Inception mu/sigma: both are kept (the fix of issue 24:
+    # such a file used to be read as images only). Stats alone are a Reference without images.
     np.savez(tmp_path / "ref_batch.npz", digit_pixels[:10], mu=np.zeros(3), sigma=np.eye(3))
-    source = open_source(tmp_path / "ref_batch.npz")
-    assert not isinstance(source, Stats) and source.count == 10 and source.resolution == 8
+    ref = open_source(tmp_path / "ref_batch.npz")
+    assert isinstance(ref, Reference) and ref.format == "ddbm"
+    assert ref.images.count == 10 and ref.images.resolution == 8 and ref.stats["inception-tf"].mu.shape == (3,)
     np.savez(tmp_path / "stats.npz", mu=np.zeros(3), sigma=np.eye(3))
     stats = open_source(tmp_path / "stats.npz")
-    assert isinstance(stats, Stats) and stats.features is None and stats.n is None
+    assert isinstance(stats, Reference) and stats.images is None and stats.stats[None].n is None
 
 
 def test_make_ref_writes_stats_that_reproduce_the_fid(tmp_path, monkeypatch, capsys, digit_pixels):
@@ -329,11 +333,13 @@ def test_statistics_of_another_feature_space_are_refused():
     from fsg.eval.digits import load_digits_features
 
     inception_like = Stats(np.zeros(128), np.eye(128), 10, "inception", 32, "cifar.npz")
-    with pytest.raises(UserError, match="'inception' feature space"):
-        reference_stats(inception_like, load_digits_features(), 64)
+    ref = Reference("cifar.npz", "fsg", "0" * 64, {"inception": inception_like}, None)
+    with pytest.raises(UserError, match="'inception' and no images; this evaluation needs digits"):
+        measure_reference(ref, [load_digits_features()], {"fid": "digits"}, set(), 64)
     no_feats = Stats(np.zeros(128), np.eye(128), 10, "digits", 8, "d.npz")
-    with pytest.raises(UserError, match="KID"):
-        reference_stats(no_feats, load_digits_features(), 64, keep=True)
+    ref = Reference("d.npz", "fsg", "0" * 64, {"digits": no_feats}, None)
+    with pytest.raises(UserError, match="needs digits"):
+        measure_reference(ref, [load_digits_features()], {"fid": "digits"}, {"digits"}, 64)   # KID needs raw features
 
 
 def test_bad_paths_exit_2(tmp_path, monkeypatch, capsys):
@@ -357,8 +363,10 @@ def test_eval_fid_generates_from_a_model_on_the_fly(tmp_path, monkeypatch, capsy
     code, _, _ = run_cli(monkeypatch, capsys, "--model", tmp_path / "model.safetensors", "-n", 24, "--batch-size", 10,
                          "--ref", "digits", "--features", "digits", "--json", tmp_path / "r.json", "--device", "cpu")
     result = json.loads((tmp_path / "r.json").read_text())
-    assert code == 0 and result["n"] == 24 and result["samples"] is None
-    assert result["nfe"] == 2 * 3 - 1  # EDM's Heun, 3 steps of 2 evaluations except the last (to sigma = 0, Euler)
+    stamp = result["stamp"]
+    assert code == 0 and stamp["n"] == [24] and stamp["samples"] is None and stamp["seeds"] == ["0-23"]
+    assert stamp["nfe"] == 2 * 3 - 1  # EDM's Heun, 3 steps of 2 evaluations except the last (to sigma = 0, Euler)
+    assert stamp["sampler"] == "heun" and stamp["model_sha256"] == inception_mod.sha256_file(tmp_path / "model.safetensors")
     assert result["fid"] > 0
 
 

@@ -1,8 +1,10 @@
-"""The image sets `fsg eval-fid` reads, each as lazy uint8 NCHW batches, and the statistics files it accepts.
+"""The image sets `fsg eval-fid` reads, each as lazy uint8 NCHW batches, and the reference files it accepts.
 
-- `.npz` with `arr_0`: samples or a reference batch in the layout of ADM's evaluator (uint8 NHWC), or
-  float images in [-1, 1] (NHWC or NCHW).
-- `.npz` with `mu` and `sigma` (and no `arr_0`): precomputed statistics (fsg's, ADM's or pytorch-fid's).
+- `.npz` with `arr_0` only: samples in the layout of ADM's evaluator (uint8 NHWC), or float images in [-1, 1]
+  (NHWC or NCHW), quantized by the protocol's rule (`fsg.eval.images.UINT8_RULES`).
+- reference statistics as the papers publish them (`fsg.io.refstats`): EDM's `fid-refs` `.npz` (`mu`, `sigma`),
+  ADM's `VIRTUAL_*.npz` reference batches (whole-set `mu`, `sigma`, `mu_s`, `sigma_s` and 10,000 images in
+  `arr_0`, both used), DDBM's reference `.npz`, EDM2's `dataset-refs/*.pkl`, and fsg's own stats `.npz`.
 - a folder (recursively, sorted) or a `.zip` of images, decoded to RGB as clean-fid does.
 - the built-in sets `digits`, `mnist5k` and `cifar10-train` (from a local CIFAR-10 root), read through
   `fsg.data.build_dataset`, i.e. exactly the pixels a model trained on them saw.
@@ -22,9 +24,15 @@ from torch import Tensor
 from fsg.errors import UserError
 from fsg.eval.images import to_uint8
 from fsg.eval.stats import Stats
+from fsg.io.refstats import RefFile, read_reference
 
 BUILTIN_SETS = ("digits", "mnist5k", "cifar10-train")
 CIFAR10_ENV = "FSG_CIFAR10"
+Quantize = Callable[[Tensor], Tensor]      # float images in [-1, 1] -> uint8
+# The feature space of each metric's statistics in the published formats (fsg's files record their own; EDM's
+# mu/sigma-only files, which other tools also write, do not say).
+FORMAT_SPACES = {"adm": {"fid": "inception-tf", "sfid": "inception-tf-spatial"}, "ddbm": {"fid": "inception-tf"},
+                 "edm2": {"fid": "inception-tf", "fd_dinov2": "dinov2"}, "edm": {"fid": None}}
 
 
 @dataclass(frozen=True)
@@ -35,9 +43,22 @@ class ImageSource:
     count: int
     resolution: int                               # height of the first image
     read: Callable[[int], Iterator[Tensor]]       # batch_size -> batches
+    kind: str = "images"                          # 'images' (an .npz), 'folder' or 'data set', for the stamp
 
     def batches(self, batch_size: int) -> Iterator[Tensor]:
         return self.read(batch_size)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference file: its statistics by feature space (None: a space the file does not record) and its
+    images (`arr_0`), if any."""
+
+    label: str
+    format: str                                   # fsg.io.refstats formats: 'edm', 'adm', 'ddbm', 'edm2', 'fsg'
+    sha256: str
+    stats: dict[str | None, Stats]
+    images: ImageSource | None
 
 
 def _nchw(array: np.ndarray, label: str) -> np.ndarray:
@@ -51,7 +72,7 @@ def _nchw(array: np.ndarray, label: str) -> np.ndarray:
     raise UserError(f"{label}: arr_0 of shape {array.shape} is not a batch of images (N, H, W, C) or (N, C, H, W)")
 
 
-def _array_batches(images: np.ndarray, label: str, batch_size: int) -> Iterator[Tensor]:
+def _array_batches(images: np.ndarray, label: str, batch_size: int, quantize: Quantize) -> Iterator[Tensor]:
     """uint8 batches of an NCHW array of uint8 pixels or floats in [-1, 1]."""
     for start in range(0, len(images), batch_size):
         chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
@@ -62,23 +83,15 @@ def _array_batches(images: np.ndarray, label: str, batch_size: int) -> Iterator[
             raise UserError(f"{label}: arr_0 has dtype {images.dtype}; expected uint8 pixels or floats in [-1, 1]")
         if chunk.numel() and (chunk.min() < -1.01 or chunk.max() > 1.01):
             raise UserError(f"{label}: float images must lie in [-1, 1] (found [{chunk.min():.3g}, {chunk.max():.3g}])")
-        yield to_uint8(chunk)
+        yield quantize(chunk)
 
 
-def array_source(images: np.ndarray, label: str) -> ImageSource:
+def array_source(images: np.ndarray, label: str, quantize: Quantize = to_uint8) -> ImageSource:
     """Images held in an array: uint8 (ADM layout, NHWC) or float in [-1, 1], NHWC or NCHW."""
     nchw = _nchw(images, label)
     if len(nchw) == 0:
         raise UserError(f"{label}: holds no image")
-    return ImageSource(label, len(nchw), int(nchw.shape[2]), lambda bs: _array_batches(nchw, label, bs))
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable .npz file ({e})") from None
+    return ImageSource(label, len(nchw), int(nchw.shape[2]), lambda bs: _array_batches(nchw, label, bs, quantize))
 
 
 def _file_batches(files: list, batch_size: int) -> Iterator[Tensor]:
@@ -102,7 +115,7 @@ def folder_source(path: Path) -> ImageSource:
     if not files:
         raise UserError(f"{path}: no image (.png, .jpg, .jpeg, .webp) found")
     first = files[0].read(3)
-    return ImageSource(str(path), len(files), int(first.shape[1]), lambda bs: _file_batches(files, bs))
+    return ImageSource(str(path), len(files), int(first.shape[1]), lambda bs: _file_batches(files, bs), "folder")
 
 
 def dataset_source(name: str, root: str | Path | None = None) -> ImageSource:
@@ -128,11 +141,29 @@ def dataset_source(name: str, root: str | Path | None = None) -> ImageSource:
             stop = min(start + batch_size, len(data))
             yield to_uint8(torch.stack([data[i]["x"] for i in range(start, stop)]))  # (B, C, H, W)
 
-    return ImageSource(name, len(data), int(data.shape[-1]), read)
+    return ImageSource(name, len(data), int(data.shape[-1]), read, "data set")
 
 
-def open_source(spec: str | Path, root: str | Path | None = None, *, what: str = "--samples") -> ImageSource | Stats:
-    """An image set or a statistics file from a command-line spec: a built-in set name, a .npz, a folder or a .zip."""
+def reference_file(path: Path, quantize: Quantize = to_uint8) -> Reference | ImageSource:
+    """A reference file read as its format says (`fsg.io.refstats`); a file of images only is an ImageSource."""
+    ref: RefFile = read_reference(path)
+    images = array_source(ref.images, str(path), quantize) if ref.images is not None else None
+    if ref.format == "images":
+        return images
+    stats: dict[str | None, Stats] = {}
+    for metric, (mu, sigma) in ref.gaussians.items():
+        if ref.format == "fsg":
+            stat = Stats.from_arrays({"mu": mu, "sigma": sigma, **ref.arrays}, str(path))
+        else:
+            stat = Stats(mu, sigma, ref.num_images, FORMAT_SPACES[ref.format][metric], None, str(path))
+        stats[stat.features] = stat
+    return Reference(str(path), ref.format, ref.sha256, stats, images)
+
+
+def open_source(spec: str | Path, root: str | Path | None = None, *, what: str = "--samples",
+                quantize: Quantize = to_uint8) -> ImageSource | Reference:
+    """An image set or a reference file from a command-line spec: a built-in set name, a .npz, an EDM2 .pkl, a folder
+    or a .zip. Float images are quantized with `quantize`."""
     if str(spec) in BUILTIN_SETS:
         return dataset_source(str(spec), root)
     path = Path(spec).expanduser()
@@ -140,19 +171,19 @@ def open_source(spec: str | Path, root: str | Path | None = None, *, what: str =
         raise UserError(f"{what} {spec}: no such file or folder (nor a built-in set: {', '.join(BUILTIN_SETS)})")
     if path.is_dir() or path.suffix.lower() == ".zip":
         return folder_source(path)
-    if path.suffix.lower() != ".npz":
-        raise UserError(f"{what} {spec}: expected a .npz file, an image folder, a .zip or one of {', '.join(BUILTIN_SETS)}")
-    arrays = _load_npz(path)
-    if "arr_0" in arrays:
-        return array_source(arrays["arr_0"], str(path))
-    if "mu" in arrays and "sigma" in arrays:
-        return Stats.from_arrays(arrays, str(path))
-    raise UserError(f"{path}: neither images (arr_0) nor statistics (mu, sigma); keys: {', '.join(arrays) or 'none'}")
+    if path.suffix.lower() not in (".npz", ".pkl"):
+        raise UserError(f"{what} {spec}: expected a .npz or .pkl file, an image folder, a .zip or one of "
+                        f"{', '.join(BUILTIN_SETS)}")
+    return reference_file(path, quantize)
 
 
-def open_images(spec: str | Path, root: str | Path | None = None, *, what: str = "--samples") -> ImageSource:
-    """Like `open_source`, for places that need images (samples, paired targets, --make-ref)."""
-    source = open_source(spec, root, what=what)
-    if isinstance(source, Stats):
-        raise UserError(f"{what} {spec}: holds statistics (mu, sigma), not images")
+def open_images(spec: str | Path, root: str | Path | None = None, *, what: str = "--samples",
+                quantize: Quantize = to_uint8) -> ImageSource:
+    """Like `open_source`, for places that need images (samples, paired targets, --make-ref): a reference file
+    counts by its images (`arr_0`)."""
+    source = open_source(spec, root, what=what, quantize=quantize)
+    if isinstance(source, Reference):
+        if source.images is None:
+            raise UserError(f"{what} {spec}: holds statistics ({source.format} format), not images")
+        return source.images
     return source

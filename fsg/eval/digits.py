@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsg.errors import UserError
+from fsg.eval.extractor import SingleOutput
 from fsg.eval.images import to_gray
+from fsg.io.refstats import sha256_file
 from fsg.resources import shipped
 
 DIGITS_SIZE = 28
@@ -55,15 +57,15 @@ def prepare_digits(images: Tensor) -> Tensor:
     return x * 2 - 1
 
 
-class DigitsFeatures:
+class DigitsFeatures(SingleOutput):
     """Feature extractor of the `digits` space: uint8 NCHW images -> [B, 128] features on `device`."""
 
     name = "digits"
     dim = DIGITS_DIM
 
-    def __init__(self, net: DigitsNet, device: torch.device | str = "cpu"):
+    def __init__(self, net: DigitsNet, device: torch.device | str = "cpu", sha256: str | None = None):
         self.device = torch.device(device)
-        self.net = net.to(self.device).eval()
+        self.net, self.sha256 = net.to(self.device).eval(), sha256
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> Tensor:
@@ -84,4 +86,4 @@ def load_digits_net(path: str | Path = DIGITS_ASSET) -> tuple[DigitsNet, dict]:
 
 def load_digits_features(path: str | Path = DIGITS_ASSET, device: torch.device | str = "cpu") -> DigitsFeatures:
     """The `digits` feature extractor from the shipped (or given) weights."""
-    return DigitsFeatures(load_digits_net(path)[0], device)
+    return DigitsFeatures(load_digits_net(path)[0], device, sha256_file(path))

@@ -1,7 +1,10 @@
 """Pixel conversions shared by the feature extractors: [-1, 1] floats to 8-bit values, channel counts.
 
-Every metric scores what a saved PNG would hold: samples are quantized to 8 bits first, exactly as
-StyleGAN/EDM/clean-fid do (`x * 127.5 + 128`, clamped, truncated), then each extractor resizes them.
+Every metric scores what a saved PNG would hold: samples are quantized to 8 bits first, then each extractor
+resizes them. Two rules are in use, and a protocol names the one of the code it reproduces (`UINT8_RULES`):
+`round`, StyleGAN/EDM/EDM2/clean-fid's `x * 127.5 + 128` clamped and truncated (round half up of 127.5 (x + 1)),
+and `floor`, guided-diffusion's and DDBM's `((x + 1) * 127.5).clamp(0, 255).to(uint8)`, on average half a level
+darker.
 """
 
 from __future__ import annotations
@@ -15,6 +18,15 @@ from fsg.data.degrade import luma
 def to_uint8(images: Tensor) -> Tensor:
     """Float images in [-1, 1] (NCHW) -> uint8 in [0, 255], the 8-bit value a saved PNG holds."""
     return (images.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
+
+def to_uint8_floor(images: Tensor) -> Tensor:
+    """Float images in [-1, 1] -> uint8 as guided-diffusion's `scripts/image_sample.py` and DDBM's sampler convert
+    them: floor of 127.5 (x + 1)."""
+    return ((images.detach().float() + 1) * 127.5).clamp(0, 255).to(torch.uint8)
+
+
+UINT8_RULES = {"round": to_uint8, "floor": to_uint8_floor}
 
 
 def to_rgb(images: Tensor) -> Tensor:

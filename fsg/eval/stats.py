@@ -21,8 +21,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from fsg.errors import UserError
-from fsg.eval.features import PROTOCOLS
-from fsg.io.checkpoint import atomic_write
+from fsg.eval.features import SPACES
+from fsg.io.refstats import write_npz
 
 Kernel = Callable[[Tensor, Tensor], Tensor]
 
@@ -235,15 +235,15 @@ def sliced_wasserstein(
 class Stats:
     """Gaussian statistics of a feature set, as kept in a stats .npz (`fsg eval-fid --make-ref`).
 
-    Keys: mu, sigma, n, features, protocol, resolution, source (what the images were), and feats (raw features,
-    for KID) when kept. Files of other tools (ADM's evaluator, pytorch-fid) have only mu and sigma: their
-    feature space is unknown. A loaded file's `label` is its path.
+    Keys: mu, sigma, n, features, protocol (the description of the feature space), resolution, source (what the
+    images were), and feats (raw features, for KID) when kept. The published formats (EDM's, ADM's, EDM2's) are
+    read and written by `fsg.io.refstats`. A loaded file's `label` is its path.
     """
 
     mu: np.ndarray                      # (dim,)
     sigma: np.ndarray                   # (dim, dim)
     n: int | None                       # number of images; None when the file does not say
-    features: str | None                # feature space name ('inception', 'digits'); None when unknown
+    features: str | None                # feature space name (fsg.eval.features.SPACES); None when unknown
     resolution: int | None              # height of the images the statistics were computed from
     label: str                          # where they came from (a path or a set name)
     feats: np.ndarray | None = None     # (n, dim) float32 raw features, for KID
@@ -263,13 +263,8 @@ class Stats:
     def save(self, path: str | Path) -> None:
         """Write the .npz atomically."""
         arrays = {"mu": self.mu, "sigma": self.sigma, "n": np.int64(self.n or 0), "source": np.str_(self.label),
-                  "features": np.str_(self.features or ""), "protocol": np.str_(PROTOCOLS.get(self.features or "", "")),
+                  "features": np.str_(self.features or ""), "protocol": np.str_(SPACES.get(self.features or "", "")),
                   "resolution": np.int64(self.resolution or 0)}
         if self.feats is not None:
             arrays["feats"] = self.feats
-
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-
-        atomic_write(path, write)
+        write_npz(path, arrays)
