@@ -19,6 +19,7 @@ from fsg.models.meta import model_meta
 from fsg.nets.mlp import MLPConfig
 from fsg.nets.unet import UNetConfig
 from fsg.sampling.generate import iter_samples
+from fsg.train.engine import unique_sum
 
 BATCH = 6
 
@@ -38,7 +39,9 @@ def _case(method_cls, seed: int = 0):
     process = PROCESSES[method_cls.processes[0]]()
     images = method_cls.images_only or method_cls.augmentable
     shape = (1, 8, 8) if images else (2,)
-    net_cfg = UNetConfig(model_channels=8, channel_mult=(1, 2)) if images else MLPConfig(hidden=32, depth=2, emb_dim=16)
+    two = dict(two_times=True) if method_cls.two_times else {}
+    net_cfg = (UNetConfig(model_channels=8, channel_mult=(1, 2), **two) if images
+               else MLPConfig(hidden=32, depth=2, emb_dim=16, **two))
     cond_ch = shape[0] if method_cls.paired else 0          # None (either): the unconditional case
     out_ch = shape[0] * getattr(process, "out_multiplier", 1)
 
@@ -49,12 +52,14 @@ def _case(method_cls, seed: int = 0):
                 p.add_(0.05 * torch.randn_like(p))
         return net
 
+    cfg = _config(method_cls)
+    from_teacher = method_cls.starts_from_teacher(cfg)
     teacher = None
-    if method_cls.needs_teacher or method_cls.init_from_teacher:
+    if method_cls.needs_teacher or from_teacher:
         teacher = Denoiser(network(), process, "diffusion")
-    model_net = copy.deepcopy(teacher.net) if method_cls.init_from_teacher else network()
+    model_net = copy.deepcopy(teacher.net) if from_teacher else network()
     model = Denoiser(model_net, process, method_cls.precond)
-    method = method_cls(_config(method_cls), model, process, teacher=teacher, run=RunInfo(shape=shape, max_steps=10))
+    method = method_cls(cfg, model, process, teacher=teacher, run=RunInfo(shape=shape, max_steps=10))
     g = torch.Generator().manual_seed(seed + 1)
     batch = {"x": torch.randn((BATCH, *shape), generator=g).clamp(-1, 1) * 0.5, "index": torch.arange(BATCH),
              "flip": torch.zeros(BATCH, dtype=torch.bool)}
@@ -72,7 +77,7 @@ def _train_step(method, nets, batch, step: int, seed: int = 0) -> dict[str, torc
     losses, _ = _loss(method, nets, batch, step, seed=seed)
     for name, loss in losses.items():
         nets[name].zero_grad(set_to_none=True)
-    sum(losses.values()).backward()
+    unique_sum(losses).backward()
     with torch.no_grad():
         for name in losses:
             for p in nets[name].parameters():
@@ -98,7 +103,7 @@ def check_method_contract(method_cls) -> None:
     # gradients reach the trainable modules that the loss names, and nothing the method only calls
     for m in [*nets.values(), *method.frozen()]:
         m.zero_grad(set_to_none=True)
-    sum(losses.values()).backward()
+    unique_sum(losses).backward()
     for name in losses:
         grads = [p.grad for p in nets[name].parameters() if p.requires_grad]
         assert any(g is not None and bool(g.abs().sum() > 0) for g in grads), f"no gradient reaches '{name}'"

@@ -365,7 +365,7 @@ def test_cdbm_times_are_checked():
             plan_sampler(model, "cdbm", None, times=times)
     with pytest.raises(UserError, match="disagrees"):
         plan_sampler(model, "cdbm", 3, times=(0.6,))
-    with pytest.raises(UserError, match="--times applies to the cdbm sampler"):
+    with pytest.raises(UserError, match="--times applies to the cdbm, scm and flowmap samplers"):
         plan_sampler(tiny_bridge_model(), "dbim", 5, times=(0.6,))
 
 
@@ -594,7 +594,7 @@ def test_interpolate_command_on_a_bridge_model(tmp_path):
             "--device", "cpu", "--no-progress")
     _invoke("distill", "--teacher", ddbm, "--recipe", RECIPES / "tiny/cbd_toy.yaml", "--run-dir", cbd, "--max-steps", 1,
             "--device", "cpu", "--no-progress")
-    result = _invoke("interpolate", "--model", cbd, "--n-points", 5, "--seeds", "0,1", "--out", tmp_path / "i.png",
+    result = _invoke("interpolate", "--model", cbd, "-n", 5, "--seeds", "0,1", "--out", tmp_path / "i.png",
                      "--device", "cpu")
     assert "interpolate (bridge): 5 points, NFE 2 each" in result.output
     assert (tmp_path / "i.png").stat().st_size > 0

@@ -121,7 +121,7 @@ def test_vp_process_and_class_conditional_training(tmp_path):
     r = fsg("sample", "--model", tmp_path / "cond", "--steps", 2, "-n", 4, "--class-label", 3, "--guidance", 2.0,
             "--out", tmp_path / "c.npz")
     assert r.returncode == 0 and "NFE 6" in r.stdout, r.stderr           # guidance: two passes per step
-    assert (np.load(tmp_path / "c.npz")["labels"] == 3).all()
+    assert (np.load(tmp_path / "c.npz")["arr_1"] == 3).all()           # ADM's layout: labels in arr_1
 
 
 @pytest.mark.slow

@@ -85,6 +85,9 @@ CHAIN = [
     ("pagoda_teacher", "train-diffusion", "pagoda_mnist_teacher", None),
     ("pagoda8", "grow-decoder", "pagoda_mnist_distill", ("--teacher", "pagoda_teacher")),
     ("pagoda16", "grow-decoder", "pagoda_mnist_grow16", ("--teacher", "pagoda_teacher", "--init", "pagoda8")),
+    ("scm_ct", "train-consistency", "scm_ct_digits", None),                 # JVP through the UNet in bf16
+    ("scm_cd", "distill", "scm_cd_digits", ("--teacher", "asset:edm_digits")),
+    ("meanflow", "train-consistency", "meanflow_digits", None),
 ]
 
 

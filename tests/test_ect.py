@@ -10,6 +10,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from fsg.cli import app
+from fsg.core.bridges import BridgeVPProcess
 from fsg.core.edm import EDMProcess, VPProcess
 from fsg.core.distances import pseudo_huber
 from fsg.core.schedules import ect_r
@@ -42,10 +43,21 @@ def test_ect_mapping_matches_hand_values(t, stage, mapping, expected):
 
 
 def test_stage_is_stepwise_for_ect_and_continuous_for_sct():
+    """N = 100: ECT floor(k / 100); SCT max(k / 100 - 1/2, 0), which meets ECT's stage n at k = (n + 1/2) N."""
     ect = ECTMethod(ECTConfig(double_steps=100), _model(), EDMProcess())
     sct = SCTMethod(SCTConfig(double_steps=100), _model(), EDMProcess())
     assert [ect.stage(k) for k in (0, 99, 100, 250)] == [0, 0, 1, 2]
-    assert [sct.stage(k) for k in (0, 50, 100, 250)] == [0, 0.5, 1, 2.5]
+    assert [sct.stage(k) for k in (0, 50, 100, 150, 250, 275)] == [0, 0, 0.5, 1, 2, 2.25]
+
+
+@pytest.mark.parametrize("stage", [1, 2, 7])
+def test_smooth_schedule_keeps_ects_geometric_mean_dt_over_each_stage(stage):
+    """const mapping, q = 2: dt / t = 2^-(s+1). Over ECT's stage n (k = nN .. nN + N - 1) the smooth s runs
+    n - 1/2 .. n + 1/2 - 1/N, so mean log2(dt / t) = -(n + 1) + 1/(2N): ECT's 2^-(n+1) up to 1/(2N)."""
+    n_steps, t = 100, torch.ones(1, dtype=torch.float64)
+    sct = SCTMethod(SCTConfig(double_steps=n_steps, mapping="const"), _model(), EDMProcess())
+    log_dt = [math.log2(1 - ect_r(t, sct.stage(k), mapping="const").item()) for k in range(stage * n_steps, (stage + 1) * n_steps)]
+    assert sum(log_dt) / n_steps == pytest.approx(-(stage + 1) + 1 / (2 * n_steps), abs=1e-9)
 
 
 def _model(dropout=0.0, num_classes=0, seed=0):
@@ -78,6 +90,7 @@ def test_sct_target_equals_ect_with_a_one_sample_reference_batch(labels):
     sct, sct_logs = _loss(SCTMethod, SCTConfig(schedule="stages"), batch)
     assert sct == ect
     assert sct_logs["target_var"] == ect_logs["target_var"] == 0.0
+    assert sct_logs["ref_ess"] == ect_logs["ref_ess"] == 1.0                   # one effective reference: the own x0
 
 
 def test_dropped_labels_train_the_unconditional_target():
@@ -188,11 +201,10 @@ def test_where_r_is_zero_the_target_is_the_data_point():
 
 
 def test_vp_teacher_is_tuned_with_edm_scalings_and_the_chosen_boundary():
-    model = _model()
-    model.process = VPProcess()
-    method = ECTMethod(ECTConfig(sigma_min=0.003), model, VPProcess())
-    assert isinstance(model.process, EDMProcess) and model.process.sigma_min == 0.003
-    assert method.process is model.process
+    process = ECTMethod.process_for(ECTConfig(sigma_min=0.003), VPProcess(sigma_data=0.5))
+    assert isinstance(process, EDMProcess) and process.sigma_min == 0.003 and process.sigma_data == 0.5
+    with pytest.raises(UserError, match="ECT/SCT tune EDM or VP"):
+        ECTMethod.process_for(ECTConfig(), BridgeVPProcess())
 
 
 class _FixedNoise:

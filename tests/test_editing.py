@@ -274,7 +274,7 @@ def test_cli_superres_from_a_low_res_file_and_resize_warning(tmp_path, monkeypat
 def test_cli_interpolate_writes_the_path(tmp_path, monkeypatch, capsys, model_file):
     np.save(tmp_path / "a.npy", np.random.default_rng(0).standard_normal((1, 8, 8)))
     np.save(tmp_path / "b.npy", np.random.default_rng(1).standard_normal((1, 8, 8)))
-    code, out, err = run_cli(monkeypatch, capsys, "interpolate", "--model", model_file, "--n-points", "5",
+    code, out, err = run_cli(monkeypatch, capsys, "interpolate", "--model", model_file, "-n", "5",
                              "--latents", f"{tmp_path / 'a.npy'},{tmp_path / 'b.npy'}", "--out", tmp_path / "path.png",
                              "--device", "cpu")
     assert code == 0, err

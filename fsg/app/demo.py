@@ -21,6 +21,8 @@ from rich.table import Table
 from fsg.app.train import train
 from fsg.data import sample_toy
 from fsg.eval.quality import digits_fid, toy_distances
+from fsg.errors import UserError
+from fsg.io.checkpoint import atomic_write, check_output_dir
 from fsg.io.images import grid_image, save_png, scatter_image
 from fsg.models.load import load_model
 from fsg.resources import shipped
@@ -65,7 +67,7 @@ def _teacher(run_dir: Path, device, train_teacher: bool, console: Console) -> Pa
         console.print(f"[bold]1/4[/] teacher: reusing {own}")
         return own
     console.print("[bold]1/4[/] teacher: training the EDM toy teacher (recipes/tiny/edm_toy.yaml)")
-    train("train-diffusion", RECIPES / "edm_toy.yaml", run_dir=own, device=str(device))
+    train("train-diffusion", RECIPES / "edm_toy.yaml", run_dir=own, device=str(device), resume="auto")
     return own
 
 
@@ -73,6 +75,9 @@ def run_demo(run_dir: Path, device: torch.device, n: int = 5000, train_teacher: 
              console: Console | None = None) -> dict:
     """Run the pipeline; returns the results dict also written to run_dir/demo.json."""
     console = console or Console(stderr=True)
+    if n < 2:
+        raise UserError(f"-n: the toy distances need at least 2 samples, got {n}")
+    check_output_dir(run_dir, "--run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     teacher_path = _teacher(run_dir, device, train_teacher, console)
     student = run_dir / "cd"
@@ -80,7 +85,8 @@ def run_demo(run_dir: Path, device: torch.device, n: int = 5000, train_teacher: 
         console.print(f"[bold]2/4[/] student: reusing {student}")
     else:
         console.print("[bold]2/4[/] distilling the teacher into a consistency model (recipes/tiny/cd_toy.yaml)")
-        train("distill", RECIPES / "cd_toy.yaml", run_dir=student, device=str(device), teacher=teacher_path)
+        train("distill", RECIPES / "cd_toy.yaml", run_dir=student, device=str(device), teacher=teacher_path,
+              resume="auto")                # a demo killed half-way continues where it stopped
     console.print(f"[bold]3/4[/] sampling and evaluating ({n} samples each against fresh data)")
     teacher, cd = load_model(teacher_path, device), load_model(student, device)
     settings = [("EDM teacher, Heun", teacher, dict(sampler="heun", steps=18)),
@@ -123,7 +129,7 @@ def run_demo(run_dir: Path, device: torch.device, n: int = 5000, train_teacher: 
     save_png(picture, run_dir / "demo.png")
     result = {"rows": rows, "teacher": str(teacher_path), "student": str(student), "device": str(device),
               "baseline_ms": base["ms_per_sample"]}
-    (run_dir / "demo.json").write_text(json.dumps(result, indent=2))
+    atomic_write(run_dir / "demo.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
     console.print(f"wrote {run_dir / 'demo.png'} and {run_dir / 'demo.json'}")
     return result
 

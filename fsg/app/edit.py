@@ -3,6 +3,7 @@ editing task of `fsg.sampling.editing` or an interpolation of `fsg.sampling.inte
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +14,12 @@ import torch
 
 from fsg.core.inversion import decode, encode, to_latent_resolution
 from fsg.data.conditions import condition_source
-from fsg.data.images import ImageFile, is_image_name, resize_square, to_unit
+from fsg.data.images import ImageFile, is_image_name, resize_square
 from fsg.errors import UserError
+from fsg.io.checkpoint import load_torch_file
 from fsg.io.images import grid_image, save_png, save_samples_png
-from fsg.models.load import LoadedModel, load_model
-from fsg.models.meta import model_fingerprint
+from fsg.models.load import LoadedModel, load_model, load_teacher
+from fsg.resources import find_shipped
 from fsg.sampling.editing import (TASKS, Colorize, Inpaint, Replacement, SuperRes, check_edit_model, denoise_inputs,
                                   edit_batches, edit_times, sample_edit)
 from fsg.sampling.interpolate import interpolate, interpolate_bridge, latent_shape_of
@@ -38,8 +40,10 @@ class EditInputs:
 
 def input_files(path: Path) -> list[tuple[Path, str]]:
     """(file, name) pairs: a single image, or the images of a folder (recursive, sorted). A folder's top-level
-    `comparison.png` is the overview grid an earlier `fsg edit --out` wrote there, not an input: it is skipped."""
+    `comparison.png` is the overview grid an earlier `fsg edit --out` wrote there, not an input: it is skipped.
+    `assets/...` names the shipped inputs from any folder (fsg.resources.find_shipped)."""
 
+    path = find_shipped(path)
     if path.is_file():
         return [(path, path.name)]
     if path.is_dir():
@@ -72,7 +76,7 @@ def read_inputs(path: Path, shape: Sequence[int], warn: Callable[[str], None],
     channels, resolution = shape[0], shape[-1]
     names, images, sizes = [], [], set()
     for file, name in input_files(path):
-        x = to_unit(read_pixels(file, channels))                               # (C, H, W)
+        x = ImageFile(file.parent, file.name).read_unit(channels)             # (C, H, W), a 16-bit PNG at 16 bits
         sizes.add((x.shape[-1], x.shape[-2]))
         if low_res is not None and x.shape[-2:] == (low_res, low_res):
             k = resolution // low_res
@@ -87,6 +91,7 @@ def read_mask(path: Path, size: tuple[int, int] | None, resolution: int, warn: C
 
     The mask must have the size (W, H) of the input images and no other value than 0 and 255.
     """
+    path = find_shipped(path)
     if not path.is_file():
         raise UserError(f"--mask: no such file: {path}")
     pixels = read_pixels(path, 1)[0]                                             # (H, W) uint8
@@ -103,6 +108,34 @@ def read_mask(path: Path, size: tuple[int, int] | None, resolution: int, warn: C
     if omega.shape[-2:] != (resolution, resolution):
         omega = (to_model_size(omega, resolution, str(path), warn) >= 0.5).float()
     return omega[None]                                                          # (1, 1, R, R)
+
+
+def check_out_folder(out: Path, inputs: Path, extra: Sequence[str] = ()) -> None:
+    """Before any work: the results (`out`/<name>.png per input, comparison.png, `extra`) may not overwrite an input
+    file, nor a file of a folder that is not an earlier edit's output (an earlier edit's has its comparison.png)."""
+    files = input_files(inputs)
+    targets = [out / Path(name).with_suffix(".png") for _, name in files]
+    targets += [out / COMPARISON_FILE, *(out / name for name in extra)]
+    sources = {file.resolve() for file, _ in files}
+    hit = next((t for t in targets if t.resolve() in sources), None)
+    if hit is not None:
+        raise UserError(f"--out {out}: the result {hit} would overwrite an input image; pick another folder")
+    existing = [t for t in targets if t.exists()]
+    if existing and not (out / COMPARISON_FILE).is_file():
+        raise UserError(f"--out {out}: holds {existing[0]}{f' and {len(existing) - 1} more file(s)' if len(existing) > 1 else ''} "
+                        f"that the results would overwrite; pick a new or empty folder")
+
+
+def check_options(model: LoadedModel, seed: int, class_label: int | None) -> None:
+    """--seed and --class-label against what the model takes: a seed is >= 0; a class only for a class-conditional
+    model, and one of its classes."""
+    if seed < 0:
+        raise UserError(f"--seed: must be at least 0, got {seed}")
+    classes = model.meta.get("num_classes", 0)
+    if class_label is not None and not classes:
+        raise UserError(f"--class-label: {model.path} is not class-conditional (it takes no class)")
+    if class_label is not None and not 0 <= class_label < classes:
+        raise UserError(f"--class-label: {model.path} has classes 0..{classes - 1}, got {class_label}")
 
 
 def task_replacement(task: str, src: EditInputs, mask: Path | None, factor: int,
@@ -126,7 +159,14 @@ def run_edit(task: str, model_path, inputs: Path, out: Path, *, mask: Path | Non
 
     if task not in TASKS:
         raise UserError(f"unknown editing task '{task}' (choose {', '.join(TASKS)})")
+    if batch_size < 1:
+        raise UserError(f"--batch-size: must be at least 1, got {batch_size}")
+    for name, value in (("--sigma", sigma), ("--t-start", t_start)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UserError(f"{name}: must be a finite number > 0, got {value:g}")
+    check_out_folder(out, inputs, ("latents.npy",) if task == "invert" else ())
     model = load_model(model_path, device)
+    check_options(model, seed, class_label)
     if model.meta.get("method") == "pagoda":
         if steps is not None or timesteps:
             raise UserError("a PaGoDA generator decodes in one call: --steps/--timesteps do not apply "
@@ -158,22 +198,16 @@ def run_edit(task: str, model_path, inputs: Path, out: Path, *, mask: Path | Non
 
 
 def pagoda_teacher(model, teacher: Path | None, device):
-    """The encoder of a PaGoDA generator: --teacher, else the teacher its metadata records; it must be the
-    very teacher the generator was trained with (same weight fingerprint) at the generator's latent shape."""
+    """The encoder of a PaGoDA generator: --teacher, else the teacher its metadata records (by its path, else by its
+    path relative to the generator's folder); it must be the very teacher the generator was trained with (same
+    weight fingerprint) at the generator's latent shape (fsg.models.load.load_teacher)."""
 
-    path = teacher if teacher is not None else model.meta.get("teacher")
-    if path is None:
-        raise UserError(f"{model.path} records no teacher: pass --teacher (the low-resolution model it was distilled from)")
-    if teacher is None and not Path(path).exists():
-        raise UserError(f"the teacher {path} recorded in {model.path} is not there: pass --teacher")
-    loaded = load_model(path, device)
-    if tuple(loaded.meta["shape"]) != latent_shape(model.meta):
-        raise UserError(f"--teacher {path} makes data of shape {tuple(loaded.meta['shape'])}; {model.path} decodes "
-                        f"latents of shape {latent_shape(model.meta)}")
-    want = model.meta.get("teacher_fingerprint")
-    if want is not None and model_fingerprint(loaded.denoiser.net) != want:
-        raise UserError(f"--teacher {path} is not the teacher {model.path} was trained with (other weights)")
-    return loaded
+    def fits(loaded, path: Path) -> None:
+        if tuple(loaded.meta["shape"]) != latent_shape(model.meta):
+            raise UserError(f"--teacher {path} makes data of shape {tuple(loaded.meta['shape'])}; {model.path} decodes "
+                            f"latents of shape {latent_shape(model.meta)}")
+
+    return load_teacher(model, teacher, device, check=fits)
 
 
 @torch.no_grad()
@@ -257,13 +291,19 @@ def read_latent(path: Path, shape: Sequence[int]) -> torch.Tensor:
     """A latent N(0, I) of the model's sample shape from a .npy or .pt file ((1, *shape) accepted)."""
     if not path.is_file():
         raise UserError(f"--latents: no such file: {path}")
-    try:
-        z = torch.from_numpy(np.load(path)) if path.suffix == ".npy" else torch.load(path, weights_only=True)
-    except Exception as e:  # noqa: BLE001 -- any decoding failure of a user's file is the same user error
-        raise UserError(f"--latents: cannot read {path} ({type(e).__name__}: {e})") from None
+    if path.suffix == ".npy":
+        try:
+            z = torch.from_numpy(np.load(path, allow_pickle=False))
+        except (OSError, ValueError, TypeError) as e:    # a pickled or foreign .npy, an object dtype
+            raise UserError(f"--latents: cannot read {path} as an array of numbers ({str(e).splitlines()[0][:120]})") from None
+    else:
+        z = load_torch_file(path, "--latents")
     if not isinstance(z, torch.Tensor) or tuple(z.shape) not in (tuple(shape), (1, *shape)):
         got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
         raise UserError(f"--latents: {path} holds {got}, the model's latents have shape {tuple(shape)}")
+    if not z.is_floating_point() or not torch.isfinite(z).all():
+        raise UserError(f"--latents: {path} holds {'non-finite values (NaN or inf)' if z.is_floating_point() else z.dtype}; "
+                        f"latents are finite floats")
     return z.reshape(tuple(shape)).to(torch.float64)
 
 
@@ -274,7 +314,10 @@ def run_interpolation(model_path, n_points: int, out: Path, *, seeds: tuple[int,
     """Decode `n_points` points of the slerp path between two latents into one grid PNG (left to right); for a
     bridge model, the condition (`cond`: see `fsg.data.conditions.condition_source`, its first item) followed by
     the path between the two seeds' samples in data space."""
+    if any(s < 0 for s in seeds):
+        raise UserError(f"--seeds: must be at least 0, got {seeds[0]},{seeds[1]}")
     model = load_model(model_path, device)
+    check_options(model, 0, class_label)
     start = time.time()
     if model.meta.get("cond_channels"):
         if latents is not None or timesteps:

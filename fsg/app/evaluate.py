@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from fsg.app.image_sources import ImageSource, Reference, open_images, open_source
+from fsg.app.outputs import output_kind
 from fsg.data.conditions import DataConds, condition_source, mask_source
 from fsg.errors import UserError
 from fsg.eval.extractor import FeatureExtractor, space_of
@@ -397,6 +398,9 @@ def make_reference(spec: str | Path, out: str | Path, *, protocol: str | None = 
     statistics plus `ref_images` images drawn without replacement by `seed`, in index order, as `arr_0`) or DDBM's
     .npz (every image in order as `arr_0`). Returns what was written: format, n, spaces, out."""
     proto = get_protocol(protocol, features)
+    output_kind(out, (".pkl" if proto.ref_format == "edm2" else ".npz",))      # checked before the work
+    if Path(out).resolve() == Path(spec).resolve():
+        raise UserError(f"--out {out}: is the --make-ref source itself; write the reference to another file")
     source = open_images(spec, ref_root, what="--make-ref")
     extractors = _extractors(proto, device, inception, dinov2)
     spaces = _metric_spaces(proto)

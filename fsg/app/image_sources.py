@@ -81,6 +81,8 @@ def _array_batches(images: np.ndarray, label: str, batch_size: int, quantize: Qu
             continue
         if not chunk.is_floating_point():
             raise UserError(f"{label}: arr_0 has dtype {images.dtype}; expected uint8 pixels or floats in [-1, 1]")
+        if not torch.isfinite(chunk).all():
+            raise UserError(f"{label}: float images hold NaN or inf")
         if chunk.numel() and (chunk.min() < -1.01 or chunk.max() > 1.01):
             raise UserError(f"{label}: float images must lie in [-1, 1] (found [{chunk.min():.3g}, {chunk.max():.3g}])")
         yield quantize(chunk)

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.torch import save_file
 
 from fsg.core.inversion import encode, to_latent_resolution
@@ -23,6 +20,7 @@ from fsg.errors import UserError
 from fsg.io.checkpoint import atomic_write
 from fsg.models.load import load_model
 from fsg.models.meta import model_fingerprint
+from fsg.progress import Progress
 from fsg.train.dist import barrier, init_distributed, shutdown
 
 
@@ -67,16 +65,13 @@ def encode_dataset(teacher, dataset, data_cfg, out: Path, *, steps: int, flips: 
     mine = shards_of_rank(num_shards, rank, world)
     todo = [k for k in mine if not (out / shard_name(k)).is_file()]
     conditional = bool(teacher.meta.get("num_classes", 0))
-    bar = Progress(TextColumn("[bold]encode"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=Console(file=sys.stderr), disable=not (progress and rank == 0))
     start = time.time()
-    with bar:
-        task = bar.add_task("encode", total=len(mine), completed=len(mine) - len(todo))
+    with Progress(len(mine), "encode", start=len(mine) - len(todo), unit="shard", enabled=progress and rank == 0) as bar:
         for k in todo:
             tensors = encode_shard(teacher, dataset, keys[k * shard_size:(k + 1) * shard_size], steps,
                                    batch_size, device, conditional)
             _write_shard(out / shard_name(k), tensors)
-            bar.advance(task)
+            bar.advance()
     manifest["seconds_rank0"] = round(time.time() - start, 3)
     manifest["encoded_now"] = len(todo)
     return manifest

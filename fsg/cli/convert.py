@@ -25,11 +25,19 @@ def convert(
     """
     import yaml
 
+    from fsg.app.outputs import FOLDER, output_kind
+    from fsg.errors import UserError
+    from fsg.io.checkpoint import MODEL_FILE
     from fsg.io.config import apply_overrides
     from fsg.models.importers import parameter_count, read_checkpoint, save_converted
 
     if out is None and not info:
         raise typer.BadParameter("give --out DIR|FILE.safetensors, or --info to only describe the checkpoint", param_hint="--out")
+    if out is not None:                       # checked before the checkpoint is read: a model is never written over
+        kind = output_kind(out, (FOLDER, ".safetensors"))
+        dst = out / MODEL_FILE if kind == FOLDER else out
+        if dst.exists():
+            raise UserError(f"--out {out}: {dst} exists; convert into a new folder or file (fsg never writes over a model)")
     state, meta = read_checkpoint(src, **apply_overrides({}, set_ or []))
     if info:
         n = parameter_count(meta)

@@ -3,13 +3,12 @@ stamped with what was measured; and reference statistics in the papers' formats.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from fsg.cli.common import DeviceOpt
+from fsg.cli.common import BATCH_SIZE, BatchSizeOpt, DeviceOpt, JsonOpt, Report
 
 _PANEL = "Paired (image-to-image)"
 _PROTOCOL_HELP = ("fsg (default: FID in --features) | clean | legacy-tf (clean-fid's modes) | edm (FID, min and mean of "
@@ -21,11 +20,11 @@ _LABELS = {"fid": "FID", "kid": "KID", "kid_std": "KID std", "sfid": "sFID", "is
 
 
 def _progress(console):
-    """A `fsg.eval.fid.Progress` that draws a rich progress bar on stderr."""
-    from rich.progress import track
+    """A `fsg.eval.fid.Progress`: a bar on a terminal, plain lines with the ETA off one."""
+    from fsg.progress import track
 
     def wrap(batches, total, what):
-        return track(batches, total=total, description=f"features of {what}", console=console, transient=True)
+        return track(batches, total, f"features of {what}", stream=console.file)
 
     return wrap
 
@@ -79,7 +78,7 @@ def eval_fid(
     sampler: Annotated[Optional[str], typer.Option(help="With --model: heun | euler | consistency | ... (default: the model's).")] = None,
     seed: Annotated[int, typer.Option(help="With --model: run seed of the per-sample noise streams.")] = 0,
     make_ref: Annotated[Optional[str], typer.Option("--make-ref", help="Compute reference statistics of this folder / .zip / .npz / data set (with --out), in the --protocol's format.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="With --make-ref: the file to write (.npz; .pkl for edm2).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="With --make-ref: the file to write (.npz; .pkl for edm2).")] = None,
     kid: Annotated[bool, typer.Option("--kid", help="Also compute KID (with --make-ref: keep the raw features for it).")] = False,
     features: Annotated[Optional[str], typer.Option(help="Protocol fsg's feature space: inception (clean-fid), inception-tf, dinov2 or digits (fsg's digit CNN, for small data on CPU).")] = None,
     inception: Annotated[Optional[Path], typer.Option(help="inception-2015-12-05.pt (default: $FSG_INCEPTION, ~/.cache/fsg/, /tmp/).")] = None,
@@ -88,8 +87,8 @@ def eval_fid(
     paired: Annotated[Optional[str], typer.Option(help="Targets matched to the samples by index (.npz / folder): adds MSE and, with --lpips, LPIPS.", rich_help_panel=_PANEL)] = None,
     cond: Annotated[Optional[str], typer.Option(help="A bridge --model's conditions: folder, .npz, data:train or data:test (default: data:train for --protocol bridge, else data:test).", rich_help_panel=_PANEL)] = None,
     lpips: Annotated[Optional[Path], typer.Option(envvar="FSG_LPIPS", help="Folder with vgg16-397923af.pth and LPIPS v0.1 vgg.pth.", rich_help_panel=_PANEL)] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the result as JSON: the headline metrics, mean, sets and stamp.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per feature batch.")] = 256,
+    json_out: JsonOpt = None,
+    batch_size: BatchSizeOpt = BATCH_SIZE,
     device: DeviceOpt = "auto",
 ) -> None:
     """The evaluation protocols of the papers, every result stamped with what was measured.
@@ -108,11 +107,22 @@ def eval_fid(
     from fsg.errors import UserError
     from fsg.app import evaluate as fid_lib
 
+    from fsg.app.outputs import output_kind
+
+    if json_out not in (None, "-"):                   # outputs checked before the work: never a result lost at the end
+        output_kind(json_out, (".json",), "--json")
+    for option, value, least in (("--batch-size", batch_size, 1), ("-n", n, 1), ("--seed", seed, 0), ("--steps", steps, 1)):
+        if value is not None and value < least:
+            raise UserError(f"{option}: must be at least {least}, got {value}")
     dev = resolve_device(device)
     console = Console(stderr=True)
+    if ref is not None and ref.startswith("toy:"):
+        raise UserError(f"--ref {ref}: 2-D toy samples are scored by `fsg eval-toy --samples S.npz --ref {ref}` "
+                        "(sliced Wasserstein, MMD)")
     if make_ref is not None:
         if out is None or samples or model is not None or ref is not None:
             raise UserError("--make-ref SOURCE needs --out FILE and takes no --samples, --model or --ref")
+        output_kind(out, (".npz", ".pkl"))
         made = fid_lib.make_reference(make_ref, out, protocol=protocol, features=features, inception=inception,
                                       dinov2=dinov2, with_kid=kid, batch_size=batch_size, device=dev, ref_root=ref_root,
                                       progress=_progress(console))
@@ -136,9 +146,5 @@ def eval_fid(
                                   ref_root=ref_root, rank=rank, world=world, progress=_progress(console))
     if rank != 0:
         return
-    _print_result(Console(), result)
-    if json_out is not None:
-        from fsg.io.checkpoint import atomic_write
-
-        atomic_write(json_out, lambda tmp: Path(tmp).write_text(json.dumps(result.to_dict(), indent=2) + "\n"))
-        typer.echo(f"wrote {json_out}")
+    _print_result(Console(stderr=json_out == "-"), result)
+    Report(json_out).result(result.to_dict())

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from fsg.cli.common import DeviceOpt, MaxStepsOpt, RecipeOpt, ResumeOpt, RunDirOpt, SeedOpt, SetOpt
-from fsg.cli.train import InitOpt, ProgressOpt, RequeueOpt, TeacherOpt, TimeBudgetOpt, run_training
+from fsg.cli.train import InitOpt, OverwriteOpt, ProgressOpt, RequeueOpt, TeacherOpt, TimeBudgetOpt, run_training
 
 
 class Stage(str, Enum):
@@ -23,7 +23,7 @@ StageOpt = Annotated[Optional[Stage], typer.Option("--stage", help="encode | dis
 def grow_decoder(teacher: TeacherOpt = None, init: InitOpt = None, recipe: RecipeOpt = None, stage: StageOpt = None,
                  set_: SetOpt = None, run_dir: RunDirOpt = None, device: DeviceOpt = "auto", seed: SeedOpt = None,
                  max_steps: MaxStepsOpt = None, resume: ResumeOpt = None, time_budget: TimeBudgetOpt = None,
-                 requeue: RequeueOpt = False, progress: ProgressOpt = True) -> None:
+                 requeue: RequeueOpt = False, progress: ProgressOpt = True, overwrite: OverwriteOpt = False) -> None:
     """PaGoDA: distil a low-resolution teacher into a one-step decoder (stage distill), then grow it to
     2x, 4x, ... the teacher's resolution (stage grow, --init the previous stage). Stage encode writes the
     teacher's inversions z = Enc(x) of the data to --run-dir (sharded, resumable; run it under torchrun to
@@ -41,10 +41,18 @@ def grow_decoder(teacher: TeacherOpt = None, init: InitOpt = None, recipe: Recip
         overrides.append(f"method.stage={stage.value}")
     loaded = _load_recipe(recipe, overrides)
     if getattr(loaded.method, "stage", None) == "encode":       # no training: the latents of every item
+        unused = {"--init": init, "--seed": seed, "--max-steps": max_steps, "--resume": resume,
+                  "--time-budget": time_budget, "--requeue": requeue or None, "--overwrite": overwrite or None}
+        given = [name for name, value in unused.items() if value is not None]
+        if given:
+            from fsg.errors import UserError
+
+            raise UserError(f"--stage encode writes the teacher's latents and trains nothing: {', '.join(given)} "
+                            f"do{'es' if len(given) == 1 else ''} not apply (a killed encode continues when run again)")
         _encode(loaded, recipe, teacher, run_dir, device, progress)
         return
     run_training("grow-decoder", recipe, overrides, run_dir, device, seed, max_steps, resume, teacher=teacher,
-                 init=init, time_budget=time_budget, requeue=requeue, progress=progress)
+                 init=init, time_budget=time_budget, requeue=requeue, progress=progress, overwrite=overwrite)
 
 
 def _load_recipe(recipe, overrides):

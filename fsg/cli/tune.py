@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from fsg.cli.common import DeviceOpt, MaxStepsOpt, RecipeOpt, ResumeOpt, RunDirOpt, SeedOpt, SetOpt
-from fsg.cli.train import ProgressOpt, RequeueOpt, TeacherOpt, TimeBudgetOpt, run_training
+from fsg.cli.train import OverwriteOpt, ProgressOpt, RequeueOpt, TeacherOpt, TimeBudgetOpt, run_training
 
 
 class Mode(str, Enum):
@@ -22,7 +22,7 @@ ModeOpt = Annotated[Optional[Mode], typer.Option("--mode", help="ect | sct: over
 def tune_sct(teacher: TeacherOpt = None, recipe: RecipeOpt = None, mode: ModeOpt = None, set_: SetOpt = None,
              run_dir: RunDirOpt = None, device: DeviceOpt = "auto", seed: SeedOpt = None, max_steps: MaxStepsOpt = None,
              resume: ResumeOpt = None, time_budget: TimeBudgetOpt = None, requeue: RequeueOpt = False,
-             progress: ProgressOpt = True) -> None:
+             progress: ProgressOpt = True, overwrite: OverwriteOpt = False) -> None:
     """Easy / Stable Consistency Tuning of a diffusion model (an fsg EDM run, or an imported EDM/ECT checkpoint).
 
     Examples:
@@ -34,4 +34,4 @@ def tune_sct(teacher: TeacherOpt = None, recipe: RecipeOpt = None, mode: ModeOpt
     if mode is not None:
         overrides.append(f"method.name={mode.value}")
     run_training("tune-sct", recipe, overrides, run_dir, device, seed, max_steps, resume, teacher=teacher,
-                 time_budget=time_budget, requeue=requeue, progress=progress)
+                 time_budget=time_budget, requeue=requeue, progress=progress, overwrite=overwrite)

@@ -9,6 +9,8 @@ from typing import Union
 from fsg.core.bridges import BridgeI2SBProcess, BridgeVEProcess, BridgeVPProcess
 from fsg.core.ddm import DDMConst2Process, DDMLinearProcess, DDMProcess
 from fsg.core.edm import EDMProcess, VPProcess
+from fsg.core.flow import FlowProcess
+from fsg.core.trigflow import TrigFlowProcess
 
 PROCESSES = {
     "edm": EDMProcess,
@@ -19,6 +21,8 @@ PROCESSES = {
     "ddm": DDMProcess,
     "ddm-linear": DDMLinearProcess,
     "ddm-const2": DDMConst2Process,
+    "trigflow": TrigFlowProcess,
+    "flow": FlowProcess,
 }
 
 ProcessConfig = Union[tuple(PROCESSES.values())]   # a recipe's or a model's `process:` section (tag: name)

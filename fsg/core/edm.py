@@ -8,7 +8,7 @@ the loss weight and the preconditioning (Table 1 of Karras et al. 2022).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 
@@ -25,12 +25,12 @@ class EDMProcess:
     """Variance-exploding process with EDM's training distribution and scalings (Karras et al. 2022)."""
 
     name: Literal["edm"] = "edm"
-    sigma_min: float = 0.002     # smallest noise level of the sampling grid (and the consistency boundary)
-    sigma_max: float = 80.0      # largest noise level; the prior is N(0, sigma_max^2 I)
-    sigma_data: float = 0.5      # expected standard deviation of the data
-    rho: float = 7.0             # Karras schedule exponent
-    P_mean: float = -1.2         # mean of ln(sigma) during training
-    P_std: float = 1.2           # std of ln(sigma) during training
+    sigma_min: Annotated[float, "(0, inf)"] = 0.002   # smallest noise level of the sampling grid (and the consistency boundary)
+    sigma_max: Annotated[float, "(0, inf)"] = 80.0    # largest noise level; the prior is N(0, sigma_max^2 I)
+    sigma_data: Annotated[float, "(0, inf)"] = 0.5    # expected standard deviation of the data
+    rho: Annotated[float, "(0, inf)"] = 7.0           # Karras schedule exponent
+    P_mean: float = -1.2                              # mean of ln(sigma) during training
+    P_std: Annotated[float, "[0, inf)"] = 1.2         # std of ln(sigma) during training
 
     @property
     def t_min(self) -> float:

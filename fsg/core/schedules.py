@@ -69,6 +69,16 @@ def lognormal_index_probs(sigmas: torch.Tensor, P_mean: float = -1.1, P_std: flo
     return p / p.sum()
 
 
+def ect_stage(step: int, double_steps: int, smooth: bool = False) -> float:
+    """ECT's stage floor(k / N) (locuslab/ect: `tick // double_ticks`), or fsg's smooth stage for SCT.
+
+    smooth: max(k / N - 1/2, 0), the line through the middle of each of ECT's stages. dt = t - r then shrinks
+    at every step instead of by q every N steps, with ECT's geometric mean over each stage (from stage 1 on),
+    so only the jumps go, not the pace. SCT's own form is UNVERIFIED (the paper confirms a smoother schedule).
+    """
+    return max(step / double_steps - 0.5, 0.0) if smooth else float(step // double_steps)
+
+
 def ect_r(t: torch.Tensor, stage: float, q: float = 2.0, k: float = 8.0, b: float = 1.0,
           mapping: str = "sigmoid") -> torch.Tensor:
     """ECT's mapping r(t) < t (Sec. 3 of Geng et al. 2024; locuslab/ect `t_to_r`).

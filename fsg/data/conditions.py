@@ -11,7 +11,7 @@ import torch
 
 from fsg.data.config import DataConfig
 from fsg.data.degrade import make_mask
-from fsg.data.images import ImageFile, is_image_name, list_folder, resize_square, to_unit
+from fsg.data.images import ImageFile, is_image_name, list_folder, resize_square
 from fsg.data.sources import build_dataset
 from fsg.errors import UserError
 from fsg.io.config import ConfigError, from_dict
@@ -74,7 +74,7 @@ def _read_folder(path: Path, channels: int, resolution: int, mode: str, what: st
         raise UserError(f"{what} {path}: no image files in the folder")
 
     def read(i: int) -> torch.Tensor:
-        return resize_square(to_unit(files[int(i) % len(files)].read(channels)), resolution, mode)
+        return resize_square(files[int(i) % len(files)].read_unit(channels), resolution, mode)
     return lambda indices: torch.stack([read(i) for i in indices])
 
 
@@ -122,7 +122,7 @@ def file_masks(path: Path, shape: tuple[int, ...]) -> Masks:
         return lambda indices: (read(indices) >= 0).float()        # 128 / 127.5 - 1 > 0 > 127 / 127.5 - 1
     if not path.is_file() or not is_image_name(path.name):
         raise UserError(f"--mask {path}: expected an image file (white = the hole) or a folder of them")
-    hole = (resize_square(to_unit(ImageFile(path.parent, path.name).read(1)), shape[-1], "nearest") >= 0).float()
+    hole = (resize_square(ImageFile(path.parent, path.name).read_unit(1), shape[-1], "nearest") >= 0).float()
     return lambda indices: hole[None].expand(len(indices), *hole.shape)
 
 

@@ -93,7 +93,7 @@ class FileImages:
         self.files, self.resolution, self.channels, self.mode = files, resolution, channels, mode
 
     def __call__(self, i: int) -> tuple[torch.Tensor, None]:
-        return resize_square(to_unit(self.files[i].read(self.channels)), self.resolution, self.mode), None
+        return resize_square(self.files[i].read_unit(self.channels), self.resolution, self.mode), None
 
 
 class SideBySideImages:
@@ -106,7 +106,7 @@ class SideBySideImages:
         self.mode, self.cond_mode = mode, cond_mode
 
     def __call__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        a, b = to_unit(self.files[i].read(self.channels)).chunk(2, dim=-1)  # (C, H, W/2) each
+        a, b = self.files[i].read_unit(self.channels).chunk(2, dim=-1)  # (C, H, W/2) each
         cond, x = (b, a) if self.swap else (a, b)
         return resize_square(x, self.resolution, self.mode), resize_square(cond, self.resolution, self.cond_mode)
 
@@ -121,6 +121,6 @@ class PairedImages:
         self.mode, self.cond_mode = mode, cond_mode
 
     def __call__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = to_unit(self.targets[i].read(self.channels))
-        cond = to_unit(self.conds[i].read(self.channels))
+        x = self.targets[i].read_unit(self.channels)
+        cond = self.conds[i].read_unit(self.channels)
         return resize_square(x, self.resolution, self.mode), resize_square(cond, self.resolution, self.cond_mode)

@@ -1,8 +1,17 @@
-"""Image files (in a folder or a zip archive) and the tensor conversions every image source shares."""
+"""Image files (in a folder or a zip archive) and the tensor conversions every image source shares.
+
+Every PNG bit depth and colour type decodes: 1, 2, 4 and 8-bit gray, palette, gray+alpha, RGB and RGBA through PIL,
+and 16-bit gray, gray+alpha, RGB and RGBA through torchvision's decoder, which keeps the 16 bits (PIL would clip a
+16-bit gray image to 255 and cut a 16-bit RGB one to its high bytes). Alpha is dropped. Pixels of depth d map to
+[-1, 1] as v / (2^d - 1) * 2 - 1 (`read_unit`); `read` gives the nearest 8-bit value. Image modes without such a
+meaning (32-bit integer or float images) are refused in one line.
+"""
 
 from __future__ import annotations
 
+import io
 import os
+import struct
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -18,6 +27,9 @@ from fsg.data.degrade import luma
 from fsg.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PIL_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr")   # 8-bit (or 1-bit) modes
+LUMA = (0.299, 0.587, 0.114)        # ITU-R 601-2, the weights of PIL's convert("L")
 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 _OPEN_ZIPS: dict[tuple[str, int], zipfile.ZipFile] = {}
@@ -53,15 +65,64 @@ class ImageFile:
         except _DECODE_ERRORS:
             return None
 
-    def read(self, channels: int) -> torch.Tensor:
-        """The decoded image as uint8 (channels, H, W), converted by PIL to gray (1) or RGB (3)."""
+    def decode(self, channels: int) -> tuple[torch.Tensor, int]:
+        """(pixels, depth): the image as an integer tensor (channels, H, W) of `depth` bits (8, or 16 for a 16-bit PNG),
+        gray (1) or RGB (3), alpha dropped."""
         try:
-            with self.open() as f, Image.open(f) as img:
-                pixels = np.array(img.convert("L" if channels == 1 else "RGB"))
+            with self.open() as f:
+                data = f.read()
+            if data[:8] == PNG_SIGNATURE and len(data) > 25 and data[24] == 16:     # IHDR's bit depth
+                return _decode_png16(data, channels, str(self)), 16
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # PIL's notes on odd files (corrupt EXIF, palette transparency)
+                with Image.open(io.BytesIO(data)) as img:
+                    if img.mode not in PIL_MODES:
+                        raise UserError(f"{self}: {img.mode} images are not supported (8-bit gray, palette or "
+                                        f"RGB(A), 1-bit, or 16-bit PNG)")
+                    pixels = torch.from_numpy(np.array(img.convert("L" if channels == 1 else "RGB")))
         except _DECODE_ERRORS as e:
             raise UserError(f"{self}: cannot decode the image ({e})") from None
-        pixels = torch.from_numpy(pixels)
-        return pixels[None] if channels == 1 else pixels.permute(2, 0, 1)  # (C, H, W)
+        return (pixels[None] if channels == 1 else pixels.permute(2, 0, 1)), 8    # (C, H, W)
+
+    def read(self, channels: int) -> torch.Tensor:
+        """The decoded image as uint8 (channels, H, W), gray (1) or RGB (3); 16 bits round to the nearest 8-bit value."""
+        pixels, depth = self.decode(channels)
+        if depth == 16:
+            return (pixels.double() * (255 / 65535)).round().to(torch.uint8)
+        return pixels
+
+    def read_unit(self, channels: int) -> torch.Tensor:
+        """The decoded image as float32 (channels, H, W) in [-1, 1] at its full depth: v / (2^depth - 1) * 2 - 1."""
+        pixels, depth = self.decode(channels)
+        return (pixels.double() / ((2**depth - 1) / 2) - 1).float()
+
+
+def _decode_png16(data: bytes, channels: int, where: str) -> torch.Tensor:
+    """A 16-bit PNG as int32 (channels, H, W) in 0..65535: gray, gray+alpha, RGB or RGBA, alpha dropped, gray to RGB
+    repeated, RGB to gray by PIL's luma weights (rounded)."""
+    width, height = struct.unpack(">II", data[16:24])
+    if width * height > Image.MAX_IMAGE_PIXELS:
+        raise UserError(f"{where}: {width}x{height} pixels is more than the {Image.MAX_IMAGE_PIXELS:,} an image may have")
+    try:
+        with warnings.catch_warnings():       # torchvision 0.29 announces a move of its decoders: not the user's to act on
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torchvision.io import ImageReadMode, decode_png
+
+            x = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.UNCHANGED)
+    except ImportError:
+        x = None
+    except RuntimeError as e:
+        raise UserError(f"{where}: cannot decode the 16-bit PNG ({str(e).splitlines()[0] if str(e) else e})") from None
+    if x is None or x.dtype != torch.uint16:
+        raise UserError(f"{where}: a 16-bit PNG, which this torchvision cannot decode at 16 bits (0.21 to 0.29 can)")
+    x = x.to(torch.int32)
+    x = x[:1] if x.shape[0] <= 2 else x[:3]                                   # (1 or 3, H, W): alpha dropped
+    if channels == 3 and x.shape[0] == 1:
+        return x.expand(3, *x.shape[1:]).contiguous()
+    if channels == 1 and x.shape[0] == 3:
+        weights = torch.tensor(LUMA, dtype=torch.float64).view(3, 1, 1)
+        return (x.double() * weights).sum(0, keepdim=True).round().to(torch.int32)
+    return x
 
 
 def is_image_name(name: str) -> bool:

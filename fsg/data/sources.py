@@ -36,6 +36,7 @@ from fsg.data.degrade import check_degradation
 from fsg.data.images import ImageFile, check_min_size, image_sizes, list_folder, list_zip
 from fsg.data.paired_toy import PAIRED_TOYS, paired_toy
 from fsg.data.toys import TOY_NAMES, sample_toy
+from fsg.data.vae import LatentDataset
 from fsg.errors import UserError
 
 __all__ = ["build_dataset", "sample_toy", "TOY_NAMES", "IMAGE_SOURCES"]
@@ -47,6 +48,7 @@ HOLDOUT_SEED = 20240917     # fixed, so the held-out items do not move with the 
 _IMAGE_OPTIONS = {"resolution", "resize", "channels", "labels", "degrade", "downsample", "holdout", "flip"}
 _OPTIONS = {    # the DataConfig keys each source reads, besides `source` and `workers`
     "toy": {"toy_size"},
+    "latents": {"path", "labels"},
     "pair": {"toy_size"},
     "digits": _IMAGE_OPTIONS,
     "mnist5k": _IMAGE_OPTIONS,
@@ -77,8 +79,10 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> torch.utils.data.Dat
     if family not in _OPTIONS:
         raise UserError(f"data.source: unknown source '{cfg.source}' (choose "
                         f"{', '.join('toy:' + name for name in TOY_NAMES)}, {', '.join('pair:' + name for name in PAIRED_TOYS)}, "
-                        f"{', '.join(IMAGE_SOURCES)})")
+                        f"{', '.join(IMAGE_SOURCES)}, latents)")
     _check_options(cfg, family)
+    if family == "latents":     # SD-VAE latents in EDM2's layout (fsg.data.vae): the same items for both splits
+        return LatentDataset(_required(cfg.path, "data.path", cfg.source), cfg.labels)
     if family == "toy":
         return _toy(cfg, split)
     if family == "pair":

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from fsg.errors import UserError
 from fsg.eval.extractor import SingleOutput
 from fsg.eval.images import to_rgb
+from fsg.io.checkpoint import load_torch_file
 from fsg.io.refstats import sha256_file
 
 DINOV2_FILE = "dinov2_vitl14_pretrain.pth"
@@ -207,10 +208,7 @@ def find_dinov2(path: str | Path | None = None) -> tuple[Path, str]:
 def load_dinov2(path: str | Path | None = None, device: torch.device | str = "cpu") -> DinoV2Features:
     """The FD_DINOv2 feature extractor from local weights (see `find_dinov2`)."""
     found, digest = find_dinov2(path)
-    try:
-        state = torch.load(found, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to replace
-        raise UserError(f"{found}: not a readable PyTorch state dict ({type(e).__name__}: {e})") from None
+    state = load_torch_file(found, "--dinov2")
     config = vit_config(state)
     if not DINOV2_SHA256:
         if config != VITL14:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,6 +48,86 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def check_output_dir(path: str | Path, what: str) -> Path:
+    """A UserError, before any work, unless `path` is a folder fsg may write into or can create: the path and
+    every existing parent must be folders, and the nearest existing one writable. Creates nothing."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{what} {p}: is a file, not a folder")
+    probe = p
+    while not probe.exists():
+        if probe.is_symlink():
+            raise UserError(f"{what} {p}: {probe} is a broken link")
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{what} {p}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {p}: cannot write in {probe} (permission denied or a read-only file system)")
+    return p
+
+
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_REFUSED_OPCODE = re.compile(r"Unsupported operand (\d+)")
+
+
+_PLAIN_MODULES = ("torch", "collections", "builtins", "_codecs", "numpy")    # what a weights pickle names
+
+
+def foreign_global(path: str | Path) -> str | None:
+    """The first class or function outside `_PLAIN_MODULES` that a plain (non-zip) pickle file names, found by reading
+    its opcodes (nothing is unpickled); None when there is none or the file is not a readable pickle."""
+    import pickletools
+
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                name = None
+                if op.name == "GLOBAL":
+                    name = arg.replace(" ", ".")
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    name = f"{strings[-2]}.{strings[-1]}"
+                elif isinstance(arg, str):
+                    strings.append(arg)
+                if name is not None and name.split(".")[0] not in _PLAIN_MODULES:
+                    return name
+    except Exception:  # noqa: BLE001 -- not a pickle, or a truncated one: nothing to name
+        return None
+    return None
+
+
+def torch_load_error(path: str | Path, e: Exception) -> str:
+    """One line for a file `torch.load(weights_only=True)` refused: the global or pickle instruction it refused,
+    else the reason of a truncated or foreign file; torch's advice to load it with weights_only=False is left out."""
+    text = str(e)
+    name = m[1] if (m := _REFUSED_GLOBAL.search(text)) is not None else None
+    if name is None and _REFUSED_OPCODE.search(text) is not None:
+        name = foreign_global(path)           # a legacy pickle: torch stops at an opcode before the global
+    if name is not None:
+        return f"{path}: refusing to unpickle the global {name} (fsg never runs code from a file)"
+    if (m := _REFUSED_OPCODE.search(text)) is not None:
+        return f"{path}: refusing a pickle that is not plain weights (pickle opcode {m[1]}; fsg never runs code from a file)"
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in text:
+        return f"{path}: not a file of plain weights (a pickle of other objects; fsg never runs code from a file)"
+    first = text.strip().splitlines()[0].split(". ")[0] if text.strip() else ""
+    return f"{path}: unreadable or truncated PyTorch file ({type(e).__name__}{': ' + first[:120] if first else ''})"
+
+
+def load_torch_file(path: str | Path, what: str = "") -> Any:
+    """`torch.load(weights_only=True)` of a user's file on the CPU: tensors and plain containers only; anything
+    else (a pickled function or class, a truncated or foreign file) is a one-line UserError prefixed by `what`."""
+    p = Path(path)
+    prefix = f"{what} " if what else ""
+    if not p.is_file():
+        raise UserError(f"{prefix}{p}: no such file")
+    try:
+        with warnings.catch_warnings():      # torch warns about the pickle protocol of foreign files: not the user's to act on
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- torch raises UnpicklingError, RuntimeError, EOFError... for such files
+        raise UserError(prefix + torch_load_error(p, e)) from None
 
 
 def save_model(path: str | Path, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -97,14 +179,18 @@ def save_state(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
-    """Read a training state with `weights_only=True` (no code is ever unpickled)."""
+    """Read a training state with `weights_only=True` (no code is ever unpickled); a UserError for a file that is
+    not a complete training state."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"checkpoint not found: {p}")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"{p}: unreadable training state ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        state = load_torch_file(p)
+    except UserError as e:
+        raise UserError(f"unreadable training state: {e}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise UserError(f"unreadable training state: {p}: holds no training step (not a state fsg wrote)")
+    return state
 
 
 def list_states(ckpt_dir: str | Path) -> list[tuple[int, Path]]:

@@ -11,7 +11,9 @@ from fsg.methods.ct import CTMethod
 from fsg.methods.ddm import DDMMethod
 from fsg.methods.diffusion import DiffusionMethod
 from fsg.methods.ect import ECTMethod, SCTMethod
+from fsg.methods.meanflow import MeanFlowMethod
 from fsg.methods.pagoda import PaGoDAMethod
+from fsg.methods.scm import SCMCDMethod, SCMCTMethod
 
 METHODS = {
     "diffusion": DiffusionMethod,
@@ -23,4 +25,7 @@ METHODS = {
     "ect": ECTMethod,
     "sct": SCTMethod,
     "pagoda": PaGoDAMethod,
+    "scm-ct": SCMCTMethod,
+    "scm-cd": SCMCDMethod,
+    "meanflow": MeanFlowMethod,
 }

@@ -10,7 +10,8 @@ discriminator) and turns a batch into losses. It receives its own config, the pr
     loss(nets, batch, step, gen) -> (losses, logs)
                            `nets` holds the trainable modules as the engine wraps them (DDP, compile); a method
                            calls them for every pass that needs gradients. `losses` maps a trainable name to
-                           the scalar that updates it this step (a GAN returns one key per step). A method that
+                           the scalar that updates it this step (a GAN returns one key per step; one loss that
+                           trains two modules is listed under both names and counted once). A method that
                            needs forward-mode derivatives (JVP: sCM, MeanFlow) takes them inside `loss` through
                            `torch.func.jvp` on the same modules; the loop is the same.
     after_step(step)       bookkeeping after the optimizer step (target-network EMA)
@@ -50,6 +51,7 @@ class Method:
     paired: bool | None = None     # True: needs a condition image per item (bridges); False: refuses one
     images_only = False            # needs image data (C, H, W)
     augmentable = False            # takes EDM's augmented images and their labels (`train.augment`)
+    two_times = False              # trains a two-time network (a flow map: `network.two_times: true`)
     needs_teacher = False          # the loss calls a frozen teacher (--teacher required)
     init_from_teacher = False      # the trained model starts as a copy of --teacher
     default_sampler = "heun"
@@ -63,6 +65,18 @@ class Method:
         self.run = run
         if teacher is not None:
             teacher.eval().requires_grad_(False)
+
+    @classmethod
+    def starts_from_teacher(cls, cfg) -> bool:
+        """Whether the trained model starts as a copy of --teacher (the class's `init_from_teacher`, unless the
+        config chooses: sCD's `init`)."""
+        return cls.init_from_teacher
+
+    @classmethod
+    def process_for(cls, cfg, process):
+        """The process the method trains, given the recipe's or the start model's: as it is, unless the method tunes
+        a model into another process (ECT: EDM with its boundary; sCM: TrigFlow)."""
+        return process
 
     def trainable(self) -> dict[str, nn.Module]:
         return {"model": self.model}

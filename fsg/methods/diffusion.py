@@ -25,7 +25,7 @@ class DiffusionMethod(Method):
     name = "diffusion"
     config = DiffusionConfig
     precond = "diffusion"
-    processes = ("edm", "vp", "bridge-vp", "bridge-ve", "bridge-i2sb")
+    processes = ("edm", "vp", "trigflow", "bridge-vp", "bridge-ve", "bridge-i2sb")
     augmentable = True
 
     def loss(self, nets, batch, step, gen):

@@ -25,16 +25,40 @@ Choices of fsg:
   the eval scalings is the teacher's (0.002) unless `sigma_min` is set; the reference's ECMPrecond uses
   0.003, which `recipes/ect_cifar10.yaml` sets. The exported process records it, so the consistency sampler
   re-noises with sqrt(t^2 - sigma_min^2) around the same boundary.
-- SCT parts, pinned only to the paper's abstract and summaries (arXiv 2410.18958; its full text and code
-  were not available when this was written): the variance-reduced target is the self-normalised score-identity
-  estimate above over the current (micro-)batch of this rank, the Stable Target Field form (Xu et al.
-  2023); with class labels a sample whose label was kept uses only same-class references and a sample
-  whose label was dropped (classifier-free guidance) the whole batch. The smoother schedule makes ECT's
-  stage continuous, stage = k / double_steps instead of floor(k / double_steps).
-- `target_var` (logged for both modes) is the estimated variance per dimension of x0_hat given x_t, hence
-  of the Euler target direction: sum_j v_ij^2 ||x0_j - m_i||^2 / d averaged over the batch, where m_i is the
-  batch's score-identity mean and v_ij the estimator's weights (ECT: v = identity, giving ||x0_i - m_i||^2 / d,
-  the posterior variance; SCT: v = w, the delta-method variance of a self-normalised importance estimate).
+- `target_var` (logged for both modes) is the delta-method variance per dimension of the x0 estimate given x_t,
+  hence of the Euler target direction: sum_j v_ij^2 ||x0_j - m_i||^2 / d averaged over the batch, where m_i is
+  the batch's score-identity mean and v_ij the estimator's weights (ECT: v = identity; SCT: v = w). It is a
+  lower bound: where the weights collapse on the own sample (small t, or any t < ~3 on images at batch 128)
+  m_i = x0_i and it reads ~0 while the true variance is the posterior variance, ECT's. `ref_ess`, the mean
+  effective number of references 1 / sum_j w_ij^2, says where that happens (1: SCT's target is ECT's).
+  benchmarks/ect_vs_sct.py measures the real bias and variance per t by Monte Carlo.
+
+SCT (Wang, Geng & Li 2024, arXiv 2410.18958). Its code is not released and its full text could not be read; what
+could be read (abstract, figure captions, section summaries, the ICLR 2025 reviews) settles some of fsg's choices:
+- CONFIRMED in structure: the variance-reduced target is the self-normalised score-identity estimate above, the
+  Stable Target Field form (Xu et al. 2023; Fig. 1, every reviewer). SCT's own equation (Eq. 13/14 of the
+  submitted version) is UNVERIFIED.
+- CONFIRMED: the sample's own x0 is one of the references (Fig. 1: "CT is a special case of SCT with only one
+  reference sample"; STF's code). It is also what makes the estimate exactly unbiased for E[x0 | x_t] at every
+  batch size when the other references are i.i.d. data (tests/test_sct_estimator.py), so a finite batch costs
+  variance, never bias.
+- LEFT OPEN, leaning against: the references are the current (micro-)batch of this rank. Fig. 4 ablates a
+  "batch-based" stable target against a better "(all)", a wider reference set of UNVERIFIED extent (STF draws
+  a separate reference batch of 1,024-4,096). A wider pool must keep the own sample and draw the others i.i.d.
+  to stay unbiased.
+- CONFIRMED in spirit: with class labels a sample whose label was kept sees only same-class references (the
+  paper's conditional estimate, "not directly applicable to non-categorical conditioning"). LEFT OPEN: a sample
+  whose label was dropped sees the whole batch (the unconditional posterior); SCT's "CFG" guides with a worse
+  copy of the model itself, and whether it drops labels at all is UNVERIFIED.
+- LEFT OPEN (only its existence is confirmed): the smoother schedule. fsg's form makes ECT's stage continuous
+  through the middle of each stage, stage = max(k / N - 1/2, 0) instead of floor(k / N) (fsg.core.schedules.
+  ect_stage), so dt has ECT's geometric mean over each stage. fsg's first form, k / N, ran half a stage ahead
+  (dt 0.72x ECT's on average, 0.5x at the end of each stage); on the toy over four teachers the mid-stage form
+  lowered SCT's worst 1-step sliced W2 from 0.089 to 0.073 (issue 19).
+- UNVERIFIED, inherited from ECT: the mapping r(t), q, k, b, the weighting, the pseudo-Huber c and every
+  hyperparameter of the recipes.
+- Not SCT's: the edge-skipping option of the consistency sampler is fsg's re-noising variant on a single-phase
+  model; SCT's edge-skipping is a sampler for its phased (multistep) models, which fsg does not train.
 """
 
 from __future__ import annotations
@@ -48,7 +72,7 @@ import torch
 from fsg.core.distances import pseudo_huber
 from fsg.core.edm import EDMProcess
 from fsg.core.process import append_dims, randn
-from fsg.core.schedules import ect_r
+from fsg.core.schedules import ect_r, ect_stage
 from fsg.errors import UserError
 from fsg.methods.base import Method, RunInfo, online_and_target
 
@@ -57,7 +81,7 @@ from fsg.methods.base import Method, RunInfo, online_and_target
 class ECTConfig:
     name: Literal["ect"] = "ect"
     target: Literal["sample", "batch"] = "sample"      # x0_hat: the sample itself (ECT) or the batch score identity (SCT)
-    schedule: Literal["stages", "smooth"] = "stages"   # stage = floor(k / double_steps) (ECT) or k / double_steps (SCT)
+    schedule: Literal["stages", "smooth"] = "stages"   # stage = floor(k / N) (ECT) or max(k / N - 1/2, 0) (SCT), N = double_steps
     P_mean: float = -1.1                     # ln t ~ N(P_mean, P_std^2) (CIFAR-10; ImageNet-64: -0.8)
     P_std: float = 2.0                       # (ImageNet-64: 1.6)
     mapping: Literal["sigmoid", "const"] = "sigmoid"   # r(t) of ECT
@@ -105,8 +129,9 @@ def posterior_mean(w: torch.Tensor, x0_ref: torch.Tensor) -> torch.Tensor:
 def estimate_variance(v: torch.Tensor, x0_ref: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     """sum_j v_ij^2 ||x0_j - m_i||^2 / d (N,): the variance per dimension of the estimate sum_j v_ij x0_j.
 
-    For v = the self-normalised weights this is the delta-method variance of the importance estimate;
-    for v = one-hot on the query's own sample it is ||x0_i - m_i||^2 / d.
+    For v = the self-normalised weights this is the delta-method variance of the importance estimate, close to
+    the true variance when many references share the weight and ~0 where the weights collapse on one sample
+    (then m_i is that sample); for v = one-hot on the query's own sample it is ||x0_i - m_i||^2 / d.
     """
     ref, m = x0_ref.flatten(1).double(), mean.flatten(1).double()               # (M, d), (N, d)
     v2 = v.double().pow(2)                                                      # (N, M)
@@ -141,18 +166,21 @@ class ECTMethod(Method):
     default_sampler = "consistency"
     default_steps = 1
 
+    processes = ("edm",)
+
+    @classmethod
+    def process_for(cls, cfg, process):
+        return tuning_process(process, cfg.sigma_min)
+
     def __init__(self, cfg, model, process, *, teacher=None, run: RunInfo = RunInfo()):
         if cfg.double_steps < 1:
             raise UserError(f"method.double_steps must be at least 1, got {cfg.double_steps}")
-        process = tuning_process(process, cfg.sigma_min)
-        model.process = process
         # build_run copied the teacher's weights into `model`; the loss never calls the teacher, so it is not kept.
         super().__init__(cfg, model, process, run=run)
 
     def stage(self, step: int) -> float:
-        """ECT's stage floor(k / double_steps), or SCT's continuous k / double_steps."""
-        s = step / self.cfg.double_steps
-        return float(int(s)) if self.cfg.schedule == "stages" else s
+        """ECT's stage floor(k / double_steps), or fsg's smooth max(k / double_steps - 1/2, 0) (SCT)."""
+        return ect_stage(step, self.cfg.double_steps, smooth=self.cfg.schedule == "smooth")
 
     def weight(self, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         if self.cfg.weighting == "edm":
@@ -172,6 +200,7 @@ class ECTMethod(Method):
             mean = posterior_mean(w, x0)
             v = w if c.target == "batch" else torch.eye(n, dtype=w.dtype, device=w.device)
             target_var = estimate_variance(v, x0, mean).mean()
+            ref_ess = (1 / w.pow(2).sum(1)).mean()                              # effective references per sample
             x_r = euler_target_point(x_t, t, r, mean if c.target == "batch" else x0)
 
         live = r > 0
@@ -181,7 +210,8 @@ class ECTMethod(Method):
 
         dist = pseudo_huber(online - target, c.huber_c)                         # (N,)
         loss = (self.weight(t, r) * dist).mean()
-        return {"model": loss}, {"distance": dist.mean().item(), "target_var": target_var.item(), "stage": stage}
+        return {"model": loss}, {"distance": dist.mean().item(), "target_var": target_var.item(),
+                                 "ref_ess": ref_ess.item(), "stage": stage}
 
 
 class SCTMethod(ECTMethod):

@@ -57,12 +57,29 @@ class Denoiser(nn.Module):
         return {"x0": self(x, t, cond, labels, augment_labels)}
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, augment_labels: torch.Tensor | None = None) -> torch.Tensor:
+                labels: torch.Tensor | None = None, augment_labels: torch.Tensor | None = None,
+                raw: bool = False, r: torch.Tensor | None = None) -> torch.Tensor:
+        """x0_hat = c_skip x + c_out F(c_in x, c_noise); with `raw`, the network's output F itself (a method whose loss
+        is written in F, as sCM's and MeanFlow's, calls the model this way so that a DDP wrapper sees the training
+        pass). A two-time network (a flow map) jumps to time `r` instead (x_r; r = t_min, the data, by default),
+        seeing the interval t - r as its second time input."""
         t = self.per_sample(t, x)
         extra = self.augment_kwargs(augment_labels)
         if hasattr(self.process, "denoise"):   # a process with its own parameterisation (DDM's two heads)
             return self.process.denoise(self.net, x, t, cond, labels, **extra)
-        c_skip, c_out, c_in, c_noise = self.scalings(t)
+        if getattr(self.net, "two_times", False):
+            if not hasattr(self.process, "jump_scalings"):
+                raise UserError(f"a two-time network needs a process with flow-map jumps (flow); this one is "
+                                f"'{self.process.name}'")
+            r = torch.full_like(t, self.process.t_min) if r is None else self.per_sample(r, x)
+            c_skip, c_out, c_in, c_noise = self.process.jump_scalings(t, r)
+            extra["time2"] = t - r
+        elif r is not None:
+            raise UserError("this model's network takes one time: it cannot jump to another time r")
+        else:
+            c_skip, c_out, c_in, c_noise = self.scalings(t)
         nd = x.ndim
         F_x = self.net(append_dims(c_in, nd) * x, c_noise.flatten(), labels, cond, **extra)   # (N, C, ...)
+        if raw:
+            return F_x
         return append_dims(c_skip, nd) * x + append_dims(c_out, nd) * F_x.to(x.dtype)

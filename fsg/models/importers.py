@@ -1,15 +1,18 @@
-"""Importers of public checkpoints: openai CM and DDBM `.pt`, EDM / ECT `.pkl`, into fsg's model form.
+"""Importers of public checkpoints: openai CM and DDBM `.pt`, EDM / ECT / EDM2 `.pkl`, into fsg's model form.
 
 - `.pt` / `.pth` is read with `torch.load(weights_only=True)`: a state dict of guided-diffusion's ADM
   UNet. The architecture is inferred from the tensor shapes (`infer_adm_config`); the image size, which
   the weights do not fix, and the training method come from the file name (`cd_imagenet64_l2.pt`,
   `e2h_ema_0.9999_420000.pt`) or from overrides.
-- `.pkl` (EDM, ECT) is a pickle of code: `torch_utils.persistence` stores each network class with the
+- `.pkl` (EDM, ECT, EDM2) is a pickle of code: `torch_utils.persistence` stores each network class with the
   source of its module and rebuilds it by exec'ing that source. `_RestrictedUnpickler` allows only the
-  rebuilding of tensors and storages, plain containers, and a replacement of the persistence hook that
-  records (class name, state) and never runs the stored source; any other global is refused before it
-  can be called. The network is then built from the recorded constructor arguments, and its weights are
-  the recorded parameters and buffers.
+  rebuilding of tensors, storages and plain numeric numpy arrays, plain containers, and a replacement of the
+  persistence hook that records (class name, state) and never runs the stored source; any other global is
+  refused before it can be called. The network is then built from the recorded constructor arguments, and its
+  weights are the recorded parameters and buffers. An EDM2 snapshot (NVlabs/edm2 `training_loop.py`: a dict of
+  `encoder`, `dataset_kwargs`, `loss_fn` and the `ema` Precond, all float16) becomes an `edm2` network (its UNet
+  and log-variance head, `fsg.nets.edm2`), EDM's process with the snapshot's sigma_data and its loss's
+  P_mean / P_std, and, for the SD-VAE latent models, the encoder's latent scale and bias (`meta["vae"]`).
 
 Either way the result is the network's own state dict (reference names, canonical shapes, float32) and
 fsg's metadata, checked by loading strictly into the network the metadata describes. Overrides are
@@ -33,11 +36,13 @@ import torch
 from torch import nn
 
 from fsg.core.edm import EDMProcess, VPProcess
+from fsg.data.vae import vae_meta
 from fsg.errors import UserError
-from fsg.io.checkpoint import MODEL_FILE, read_model, save_model
+from fsg.io.checkpoint import MODEL_FILE, load_torch_file, read_model, save_model
 from fsg.io.config import ConfigError, from_dict, to_dict
 from fsg.nets.adm import ADMConfig
 from fsg.nets.edm import DhariwalUNetConfig, SongUNetConfig
+from fsg.nets.edm2 import EDM2UNetConfig
 from fsg.models.meta import load_state_strict, network_config_from_meta
 
 META_KEYS = ("format", "process", "precond", "network", "shape", "out_channels", "cond_channels", "num_classes",
@@ -192,11 +197,7 @@ def _finalize(path: Path, state: dict, meta: dict, overrides: dict) -> tuple[dic
 # ------------------------------------------------------------------------------ ADM .pt (CM, DDBM)
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for foreign or truncated files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UserError(f"{path}: not a plain weights file; torch.load(weights_only=True) refused it ({type(e).__name__}: {first})") from None
+    obj = load_torch_file(path)         # a one-line UserError naming a refused global, or a truncated file
     if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
         raise UserError(f"{path}: expected a state dict (parameter names -> tensors), found {type(obj).__name__}")
     return obj
@@ -267,7 +268,10 @@ def _import_adm(path: Path, overrides: dict) -> tuple[dict[str, torch.Tensor], d
 _EDM_CLASSES = {"Linear", "Conv2d", "GroupNorm", "UNetBlock", "PositionalEmbedding", "FourierEmbedding", "SongUNet",
                 "DhariwalUNet", "VPPrecond", "VEPrecond", "iDDPMPrecond", "EDMPrecond", "ECMPrecond",
                 "VPLoss", "VELoss", "EDMLoss", "ECMLoss", "AugmentPipe"}
+# Persistent classes of NVlabs/edm2 snapshots (training/networks_edm2.py, training_loop.py, encoders.py).
+_EDM2_CLASSES = {"Precond", "UNet", "Block", "MPConv", "MPFourier", "EDM2Loss", "StabilityVAEEncoder", "StandardRGBEncoder"}
 _ARCHS = {"SongUNet": ("songunet", SongUNetConfig), "DhariwalUNet": ("dhariwal", DhariwalUNetConfig)}
+EDM2_SAMPLE_STEPS = 32        # NVlabs/edm2 generate_images.py: 32 Heun steps (63 NFE)
 
 
 class _Record:
@@ -307,6 +311,45 @@ def _numpy_scalar(dtype, data):
     return np.frombuffer(data, dtype=dtype)[0]
 
 
+class _NDArrayClass:
+    """Stands for numpy.ndarray where a pickle passes it to numpy's array reconstructor, and for nothing else."""
+
+
+class _Array:
+    """What numpy's `_reconstruct(ndarray, ...)` and the array's `__setstate__` make here: a plain numeric array."""
+
+    def __setstate__(self, state):
+        try:
+            _, shape, dtype, fortran, raw = state
+        except (TypeError, ValueError):
+            raise pickle.UnpicklingError("malformed numpy array state") from None
+        self.array = _plain_array(raw, dtype, shape, "F" if fortran else "C")
+
+
+def _plain_array(raw, dtype, shape, order: str) -> np.ndarray:
+    """An array of a plain (non-object) dtype from its bytes: numpy's array pickles without numpy's reconstructors."""
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(raw, (bytes, bytearray)) or order not in "CF":
+        raise pickle.UnpicklingError("numpy array of an object dtype or without raw bytes")
+    return np.frombuffer(bytes(raw), dtype=dtype).reshape(shape, order=order).copy()
+
+
+def _array_reconstruct(cls, shape, typecode) -> _Array:
+    """numpy.core.multiarray._reconstruct (pickle protocols <= 4): an empty ndarray that __setstate__ fills."""
+    if cls is not _NDArrayClass:
+        raise pickle.UnpicklingError("numpy reconstructor of a class other than ndarray")
+    return _Array()
+
+
+def _array_from_buffer(buffer, dtype, shape, order) -> np.ndarray:
+    """numpy.core.numeric._frombuffer (pickle protocol 5)."""
+    return _plain_array(buffer, dtype, shape, order)
+
+
+def _array_value(value):
+    """A numpy array as unpickled here (an `_Array` or, for protocol 5, an ndarray)."""
+    return value.array if isinstance(value, _Array) else value
+
+
 _SAFE_GLOBALS = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("builtins", "set"): set,
@@ -320,13 +363,19 @@ _SAFE_GLOBALS = {
     ("numpy", "dtype"): np.dtype,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy", "ndarray"): _NDArrayClass,
+    ("numpy.core.multiarray", "_reconstruct"): _array_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _array_reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _array_from_buffer,
+    ("numpy._core.numeric", "_frombuffer"): _array_from_buffer,
     **{("torch.nn.modules.container", name): cls for name, cls in _CONTAINERS.items()},
 }
 
 
 def _refusal(what: str, path: Path) -> str:
     return (f"refusing to unpickle {what} from {path}: not an EDM/ECT network "
-            f"(fsg reads the SongUNet and DhariwalUNet snapshots of NVlabs/edm and locuslab/ect)")
+            f"(fsg reads the SongUNet and DhariwalUNet snapshots of NVlabs/edm and locuslab/ect, "
+            f"and the Precond snapshots of NVlabs/edm2)")
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -344,7 +393,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def _persistent_record(self, meta: dict) -> _Record:
         """Stands for torch_utils.persistence._reconstruct_persistent_obj: keeps the state, never execs the source."""
         name = meta.get("class_name") if isinstance(meta, dict) else None
-        if name not in _EDM_CLASSES:
+        if name not in _EDM_CLASSES | _EDM2_CLASSES:
             raise UserError(_refusal(f"the persistent class {name!r}", self.path))
         return _Record(name, dict(meta.get("state") or {}))
 
@@ -393,9 +442,11 @@ def _edm_process_meta(path: Path, precond: _Record, resolution: int) -> dict:
 def _import_edm_pickle(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     data = _restricted_load(path)
     precond = data.get("ema") if isinstance(data, dict) else None
+    if isinstance(precond, _Record) and precond.class_name == "Precond":
+        return _import_edm2_pickle(path, data, precond)
     model = precond.state.get("_modules", {}).get("model") if isinstance(precond, _Record) else None
     if not isinstance(model, _Record):
-        raise UserError(f"{path}: no 'ema' network in this pickle (EDM and ECT snapshots hold one)")
+        raise UserError(f"{path}: no 'ema' network in this pickle (EDM, ECT and EDM2 snapshots hold one)")
     if model.class_name not in _ARCHS:
         raise UserError(f"{path}: a {model.class_name} network; fsg reads SongUNet and DhariwalUNet")
     arch, config_cls = _ARCHS[model.class_name]
@@ -417,3 +468,47 @@ def _import_edm_pickle(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         return _record_state_dict(model), meta
     except (AttributeError, TypeError) as e:
         raise UserError(f"{path}: malformed {model.class_name} record ({e})") from None
+
+
+def _import_edm2_pickle(path: Path, data: dict, precond: _Record) -> tuple[dict[str, torch.Tensor], dict]:
+    """An NVlabs/edm2 snapshot: the Precond's UNet (EDM2's defaults for the constructor arguments a snapshot does not
+    record), its log-variance head, EDM's process with the loss's P_mean / P_std, and the latent encoder."""
+    modules = precond.state.get("_modules", {})
+    unet, head = modules.get("unet"), modules.get("logvar_linear")
+    if not (isinstance(unet, _Record) and unet.class_name == "UNet" and isinstance(head, _Record)):
+        raise UserError(f"{path}: an EDM2 Precond without its UNet and log-variance head")
+    kwargs = dict(unet.state.get("_init_kwargs") or {})
+    try:
+        resolution, channels, num_classes = kwargs.pop("img_resolution"), kwargs.pop("img_channels"), kwargs.pop("label_dim")
+        logvar_channels = head.state["_parameters"]["weight"].shape[1]
+    except (KeyError, AttributeError, TypeError) as e:
+        raise UserError(f"{path}: malformed EDM2 UNet record (no {e})") from None
+    if list(kwargs.pop("resample_filter", [1, 1])) != [1, 1]:
+        raise UserError(f"{path}: an EDM2 UNet with resample_filter other than [1, 1]; fsg implements [1, 1] only")
+    try:
+        cfg = from_dict(EDM2UNetConfig, {"arch": "edm2", **kwargs, "logvar_channels": logvar_channels}, "network")
+    except ConfigError as e:
+        raise UserError(f"{path}: an EDM2 UNet with an option fsg does not implement: {e}") from None
+    loss = data.get("loss_fn")
+    moments = {k: float(loss.state[k]) for k in ("P_mean", "P_std") if k in loss.state} if isinstance(loss, _Record) else {}
+    process = EDMProcess(sigma_data=float(precond.state.get("sigma_data", 0.5)), **moments)
+    meta = {"format": 1, "network": to_dict(cfg), "shape": [channels, resolution, resolution], "out_channels": channels,
+            "cond_channels": 0, "num_classes": num_classes, "step": 0, "source": path.name, "process": asdict(process),
+            "precond": "diffusion", "method": "edm2", "sample": {"sampler": "heun", "steps": EDM2_SAMPLE_STEPS}}
+    encoder = data.get("encoder")
+    if isinstance(encoder, _Record) and encoder.class_name == "StabilityVAEEncoder":
+        meta["vae"] = _edm2_vae(path, encoder)
+    try:
+        return _record_state_dict(precond), meta
+    except (AttributeError, TypeError) as e:
+        raise UserError(f"{path}: malformed Precond record ({e})") from None
+
+
+def _edm2_vae(path: Path, encoder: _Record) -> dict:
+    """The SD-VAE latent encoding of an EDM2 latent model (encoders.py `StabilityVAEEncoder`), as `fsg.data.vae`
+    records it: the VAE's name and the per-channel scale and bias from its raw latents to the network's."""
+    try:
+        scale, bias = (np.asarray(_array_value(encoder.state[k]), dtype=np.float64) for k in ("scale", "bias"))
+    except KeyError as e:
+        raise UserError(f"{path}: the StabilityVAEEncoder record has no {e}") from None
+    return vae_meta(str(encoder.state.get("vae_name", "")), scale.ravel().tolist(), bias.ravel().tolist())

@@ -9,13 +9,15 @@ never the methods.
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from fsg.core import ProcessConfig
 from fsg.errors import UserError
-from fsg.io.config import ConfigError, convert, to_dict
+from fsg.io.config import ConfigError, convert, show, to_dict
 from fsg.models.denoiser import Denoiser
 from fsg.nets import NetworkConfig
 
@@ -40,8 +42,17 @@ def network_config_from_meta(meta: dict):
     return _checked(NetworkConfig, meta, "network")
 
 
+OPTIONAL_SECTIONS = {"sample": dict, "data": dict, "precond": str, "method": str, "train_grid": int, "step": int}
+
+
 def check_meta(meta: dict, where: str) -> None:
     """Every key a model needs is present with a value of the right kind; a UserError naming the key otherwise."""
+    if not isinstance(meta, dict):
+        raise UserError(f"{where}: model metadata is a {type(meta).__name__}, not a mapping (not an fsg model?)")
+    for key, kind in OPTIONAL_SECTIONS.items():
+        if key in meta and meta[key] is not None and not (isinstance(meta[key], kind) and not isinstance(meta[key], bool)):
+            raise UserError(f"{where}: model metadata '{key}' must be a {kind.__name__}, got {show(meta[key])} "
+                            f"(written by another fsg version, or edited?)")
     for key in REQUIRED_KEYS:
         if key not in meta:
             raise UserError(f"{where}: model metadata has no '{key}' (written by another fsg version, or not an fsg model?)")
@@ -58,7 +69,13 @@ def check_meta(meta: dict, where: str) -> None:
 def build_denoiser(meta: dict, precond: str | None = None) -> Denoiser:
     """A freshly initialised denoiser with the architecture recorded in `meta`."""
     net_cfg = network_config_from_meta(meta)
-    net = net_cfg.build(tuple(meta["shape"]), meta["out_channels"], meta.get("cond_channels", 0), meta.get("num_classes", 0))
+    try:
+        net = net_cfg.build(tuple(meta["shape"]), meta["out_channels"], meta.get("cond_channels", 0),
+                            meta.get("num_classes", 0))
+    except (ValueError, RuntimeError, TypeError, ZeroDivisionError, KeyError, IndexError) as e:
+        detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+        raise UserError(f"model metadata: network: cannot build the {getattr(net_cfg, 'arch', '')} network it describes "
+                        f"({type(e).__name__}: {detail})") from None
     return Denoiser(net, process_from_meta(meta), precond or meta.get("precond", "diffusion"))
 
 
@@ -94,5 +111,27 @@ def model_fingerprint(module: torch.nn.Module) -> str:
     for name, value in sorted(module.state_dict().items()):
         t = value.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def relocate_teacher(meta: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """`meta` of a model written into `folder`, with `teacher_relpath`: its recorded teacher's path relative to
+    `folder`, so that a copy of both folders finds the teacher again (`teacher_candidates`). Absent when there is no
+    teacher or no relative path (another drive)."""
+    meta = {k: v for k, v in meta.items() if k != "teacher_relpath"}
+    if meta.get("teacher"):
+        try:
+            meta["teacher_relpath"] = os.path.relpath(Path(meta["teacher"]).resolve(), Path(folder).resolve())
+        except ValueError:
+            pass
+    return meta
+
+
+def teacher_candidates(meta: dict[str, Any], model_path: Path) -> list[Path]:
+    """Where a model's teacher may be: the path it records, then that path relative to the model's folder."""
+    folder = Path(model_path) if Path(model_path).is_dir() else Path(model_path).parent
+    found = [Path(meta["teacher"])] if meta.get("teacher") else []
+    if meta.get("teacher_relpath"):
+        found.append(Path(os.path.normpath(folder.resolve() / meta["teacher_relpath"])))
+    return list(dict.fromkeys(found))

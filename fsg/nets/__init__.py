@@ -12,6 +12,7 @@ from typing import Union
 
 from fsg.nets.adm import ADMConfig
 from fsg.nets.edm import DhariwalUNetConfig, SongUNetConfig
+from fsg.nets.edm2 import EDM2UNetConfig
 from fsg.nets.grow import GrownConfig
 from fsg.nets.mlp import MLPConfig
 from fsg.nets.unet import UNetConfig
@@ -23,6 +24,7 @@ NETWORKS = {
     "songunet": SongUNetConfig,
     "dhariwal": DhariwalUNetConfig,
     "grown": GrownConfig,
+    "edm2": EDM2UNetConfig,
 }
 
 NetworkConfig = Union[tuple(NETWORKS.values())]    # a recipe's or a model's `network:` section (tag: arch)

@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fsg.errors import UserError
+from fsg.nets.layers import SecondTime, add_embedding, at_least_float32, modulate, second_time
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class ADMConfig:
     null_label: bool = False                                # learn an embedding for class label -1 (classifier-free guidance)
     time_scale: float = 1000.0                              # timesteps = time_scale * noise_labels (250 ln sigma for CM/DDBM)
     use_checkpoint: bool = False                            # gradient checkpointing of residual and attention blocks
+    double_norm: bool = False                               # unit-RMS scale and shift (Lu & Song 2025, Sec. 4.1)
+    two_times: bool = False                                 # a second time input (a flow map's t - r, MeanFlow)
 
     def build(self, shape: tuple, out_channels: int, cond_channels: int = 0, num_classes: int = 0) -> nn.Module:
         return ADMUNet(self, tuple(shape), out_channels, cond_channels, num_classes)
@@ -53,8 +56,19 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     """Sinusoidal embedding [cos(t w_i), sin(t w_i)] with w_i = max_period^(-i / (dim/2)), as guided-diffusion."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]                     # (N, dim/2)
+    args = at_least_float32(t)[:, None] * freqs[None]                     # (N, dim/2)
     return torch.cat([args.cos(), args.sin()], dim=1)           # (N, dim)
+
+
+class _TimestepEmbedding(nn.Module):
+    """`timestep_embedding` of time_scale * t as a module (the second time input of a two-time network)."""
+
+    def __init__(self, dim: int, time_scale: float):
+        super().__init__()
+        self.dim, self.time_scale = dim, time_scale
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return timestep_embedding(self.time_scale * t, self.dim)
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -64,7 +78,7 @@ class GroupNorm32(nn.GroupNorm):
         super().__init__(32, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).to(x.dtype)
+        return super().forward(at_least_float32(x)).to(x.dtype)
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -114,8 +128,9 @@ class ResBlock(nn.Module):
     """Residual block conditioned on the embedding; optionally resamples (`resample` = "up" / "down")."""
 
     def __init__(self, channels: int, out_channels: int, emb_channels: int, dropout: float, scale_shift: bool,
-                 checkpointed: bool, resample: str | None = None):
+                 checkpointed: bool, resample: str | None = None, double_norm: bool = False):
         super().__init__()
+        self.double_norm = double_norm
         self.in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels * (2 if scale_shift else 1)))
         self.out_layers = nn.Sequential(GroupNorm32(out_channels), nn.SiLU(), nn.Dropout(dropout),
@@ -133,9 +148,9 @@ class ResBlock(nn.Module):
         e = self.emb_layers(emb).to(h.dtype)[:, :, None, None]            # (N, C or 2C, 1, 1)
         if self.scale_shift:
             scale, shift = e.chunk(2, dim=1)
-            h = self.out_layers[1:](self.out_layers[0](h) * (1 + scale) + shift)
+            h = self.out_layers[1:](modulate(self.out_layers[0](h), scale, shift, self.double_norm))
         else:
-            h = self.out_layers(h + e)
+            h = self.out_layers(add_embedding(h, e, self.double_norm))
         return self.skip_connection(x) + h
 
 
@@ -201,9 +216,11 @@ class ADMUNet(nn.Module):
         attention_ds = _attention_ds(cfg.attention_resolutions, shape[-1], len(cfg.channel_mult))
         self.model_channels, self.time_scale, self.null_label = mc, cfg.time_scale, cfg.null_label
         self.time_embed = nn.Sequential(nn.Linear(mc, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.two_times = cfg.two_times
+        self.time2_embed = (SecondTime(_TimestepEmbedding(mc, cfg.time_scale), mc, emb) if cfg.two_times else None)
         self.label_emb = nn.Embedding(num_classes + cfg.null_label, emb) if num_classes else None
         block = partial(ResBlock, emb_channels=emb, dropout=cfg.dropout, scale_shift=cfg.use_scale_shift_norm,
-                        checkpointed=cfg.use_checkpoint)
+                        checkpointed=cfg.use_checkpoint, double_norm=cfg.double_norm)
         attention = partial(AttentionBlock, head_channels=cfg.num_head_channels, new_order=cfg.new_attention_order,
                             checkpointed=cfg.use_checkpoint)
 
@@ -245,8 +262,9 @@ class ADMUNet(nn.Module):
         return self.label_emb(labels.clamp(min=0)) * (labels >= 0)[:, None]
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
-                cond: torch.Tensor | None = None) -> torch.Tensor:
+                cond: torch.Tensor | None = None, time2: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.time_embed(timestep_embedding(self.time_scale * noise_labels, self.model_channels))  # (N, 4 mc)
+        emb = emb + second_time(self.time2_embed, time2, emb)
         if self.label_emb is not None:
             emb = emb + self._label_embedding(class_labels, x.shape[0], x.device)
         h = x if cond is None else torch.cat([x, cond], dim=1)                 # (N, C + Cc, H, W)

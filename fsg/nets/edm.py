@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fsg.nets.layers import SecondTime, add_embedding, at_least_float32, modulate, second_time
+
 
 @dataclass(frozen=True)
 class SongUNetConfig:
@@ -39,6 +41,8 @@ class SongUNetConfig:
     decoder_type: Literal["standard", "skip"] = "standard"   # standard for both
     resample_filter: tuple[int, ...] = (1, 1)                # FIR filter: (1, 1) DDPM++, (1, 3, 3, 1) NCSN++
     augment_dim: int = 0                                     # augmentation labels (EDM CIFAR-10: 9; train.augment needs 9)
+    double_norm: bool = False                                # unit-RMS time modulation (Lu & Song 2025, Sec. 4.1)
+    two_times: bool = False                                  # a second time input (a flow map's t - r, MeanFlow)
 
     def build(self, shape: tuple, out_channels: int, cond_channels: int = 0, num_classes: int = 0) -> nn.Module:
         return SongUNet(self, tuple(shape), out_channels, cond_channels, num_classes)
@@ -54,6 +58,8 @@ class DhariwalUNetConfig:
     attn_resolutions: tuple[int, ...] = (32, 16, 8)          # resolutions with self-attention
     dropout: float = 0.10                                    # dropout of intermediate activations
     augment_dim: int = 0                                     # augmentation labels (train.augment needs 9)
+    double_norm: bool = False                                # unit-RMS scale and shift (Lu & Song 2025, Sec. 4.1)
+    two_times: bool = False                                  # a second time input (a flow map's t - r, MeanFlow)
 
     def build(self, shape: tuple, out_channels: int, cond_channels: int = 0, num_classes: int = 0) -> nn.Module:
         return DhariwalUNet(self, tuple(shape), out_channels, cond_channels, num_classes)
@@ -126,13 +132,15 @@ class UNetBlock(nn.Module):
                  attention: bool = False, num_heads: int | None = None, channels_per_head: int = 64,
                  dropout: float = 0.0, skip_scale: float = 1.0, eps: float = 1e-5,
                  resample_filter: tuple[int, ...] = (1, 1), resample_proj: bool = False, adaptive_scale: bool = True,
-                 init: dict | None = None, init_zero: dict | None = None, init_attn: dict | None = None):
+                 init: dict | None = None, init_zero: dict | None = None, init_attn: dict | None = None,
+                 double_norm: bool = False):
         super().__init__()
         init = init or {}
         init_zero = init_zero if init_zero is not None else dict(init_weight=0.0)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.num_heads = 0 if not attention else num_heads if num_heads is not None else out_channels // channels_per_head
         self.dropout, self.skip_scale, self.adaptive_scale = dropout, skip_scale, adaptive_scale
+        self.double_norm = double_norm
 
         self.norm0 = _group_norm(in_channels, eps)
         self.conv0 = Conv2d(in_channels, out_channels, 3, up=up, down=down, resample_filter=resample_filter, **init)
@@ -154,9 +162,9 @@ class UNetBlock(nn.Module):
         params = self.affine(emb)[:, :, None, None].to(x.dtype)                       # (N, C or 2C, 1, 1)
         if self.adaptive_scale:
             scale, shift = params.chunk(2, dim=1)
-            x = F.silu(shift + self.norm1(x) * (scale + 1))
+            x = F.silu(modulate(self.norm1(x), scale, shift, self.double_norm))
         else:
-            x = F.silu(self.norm1(x + params))
+            x = F.silu(self.norm1(add_embedding(x, params, self.double_norm)))
         x = self.conv1(F.dropout(x, p=self.dropout, training=self.training))
         x = (x + (self.skip(orig) if self.skip is not None else orig)) * self.skip_scale
         if self.num_heads:
@@ -177,7 +185,7 @@ class PositionalEmbedding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         half = self.num_channels // 2
         freqs = torch.arange(half, dtype=torch.float32, device=x.device) / (half - (1 if self.endpoint else 0))
-        args = torch.outer(x.float(), (1 / self.max_positions) ** freqs)           # (N, C/2)
+        args = torch.outer(at_least_float32(x), (1 / self.max_positions) ** freqs.to(at_least_float32(x).dtype))           # (N, C/2)
         return torch.cat([args.cos(), args.sin()], dim=1)                          # (N, C)
 
 
@@ -189,7 +197,7 @@ class FourierEmbedding(nn.Module):
         self.register_buffer("freqs", torch.randn(num_channels // 2) * scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        args = torch.outer(x.float(), 2 * math.pi * self.freqs)                   # (N, C/2)
+        args = torch.outer(at_least_float32(x), 2 * math.pi * self.freqs.to(at_least_float32(x).dtype))                   # (N, C/2)
         return torch.cat([args.cos(), args.sin()], dim=1)                          # (N, C)
 
 
@@ -212,7 +220,7 @@ class SongUNet(nn.Module):
         init_attn = dict(init_mode="xavier_uniform", init_weight=math.sqrt(0.2))
         block = partial(UNetBlock, emb_channels=emb_channels, num_heads=1, dropout=cfg.dropout, skip_scale=math.sqrt(0.5),
                         eps=1e-6, resample_filter=cfg.resample_filter, resample_proj=True, adaptive_scale=False,
-                        init=init, init_zero=init_zero, init_attn=init_attn)
+                        init=init, init_zero=init_zero, init_attn=init_attn, double_norm=cfg.double_norm)
 
         self.map_noise = (PositionalEmbedding(noise_channels, endpoint=True) if cfg.embedding_type == "positional"
                           else FourierEmbedding(noise_channels))
@@ -220,6 +228,10 @@ class SongUNet(nn.Module):
         self.map_augment = _linear(cfg.augment_dim, noise_channels, bias=False, **init) if cfg.augment_dim else None
         self.map_layer0 = _linear(noise_channels, emb_channels, **init)
         self.map_layer1 = _linear(emb_channels, emb_channels, **init)
+        self.two_times = cfg.two_times
+        self.map_time2 = (SecondTime(PositionalEmbedding(noise_channels, endpoint=True) if cfg.embedding_type == "positional"
+                                     else FourierEmbedding(noise_channels), noise_channels, emb_channels)
+                          if cfg.two_times else None)
 
         self.enc = nn.ModuleDict()
         cout = caux = shape[0] + cond_channels
@@ -261,7 +273,8 @@ class SongUNet(nn.Module):
                 self.dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, out_channels, 3, **init_zero)
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
-                cond: torch.Tensor | None = None, augment_labels: torch.Tensor | None = None) -> torch.Tensor:
+                cond: torch.Tensor | None = None, augment_labels: torch.Tensor | None = None,
+                time2: torch.Tensor | None = None) -> torch.Tensor:
         n = x.shape[0]
         emb = self.map_noise(noise_labels).reshape(n, 2, -1).flip(1).reshape(n, -1)    # (N, C): [sin, cos], as EDM
         if self.map_label is not None:
@@ -269,7 +282,8 @@ class SongUNet(nn.Module):
             emb = emb + self.map_label(_one_hot(class_labels, k, n, x.device) * math.sqrt(k))
         if augment_labels is not None:
             emb = emb + self.map_augment(augment_labels.to(emb.dtype))                 # (N, augment_dim) -> (N, C)
-        emb = F.silu(self.map_layer1(F.silu(self.map_layer0(emb))))                    # (N, emb_channels)
+        emb = self.map_layer1(F.silu(self.map_layer0(emb)))                            # (N, emb_channels)
+        emb = F.silu(emb + second_time(self.map_time2, time2, emb))
 
         x = x if cond is None else torch.cat([x, cond], dim=1)                          # (N, C + Cc, H, W)
         skips, aux = [], x
@@ -309,12 +323,14 @@ class DhariwalUNet(nn.Module):
         init = dict(init_mode="kaiming_uniform", init_weight=math.sqrt(1 / 3), init_bias=math.sqrt(1 / 3))
         init_zero = dict(init_mode="kaiming_uniform", init_weight=0.0, init_bias=0.0)
         block = partial(UNetBlock, emb_channels=emb_channels, channels_per_head=64, dropout=cfg.dropout,
-                        init=init, init_zero=init_zero)
+                        init=init, init_zero=init_zero, double_norm=cfg.double_norm)
 
         self.map_noise = PositionalEmbedding(mc)
         self.map_augment = _linear(cfg.augment_dim, mc, bias=False, **init_zero) if cfg.augment_dim else None
         self.map_layer0 = _linear(mc, emb_channels, **init)
         self.map_layer1 = _linear(emb_channels, emb_channels, **init)
+        self.two_times = cfg.two_times
+        self.map_time2 = SecondTime(PositionalEmbedding(mc), mc, emb_channels) if cfg.two_times else None
         self.map_label = (_linear(num_classes, emb_channels, bias=False, init_mode="kaiming_normal",
                                   init_weight=math.sqrt(num_classes)) if num_classes else None)
 
@@ -347,11 +363,13 @@ class DhariwalUNet(nn.Module):
         self.out_conv = Conv2d(cout, out_channels, 3, **init_zero)
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
-                cond: torch.Tensor | None = None, augment_labels: torch.Tensor | None = None) -> torch.Tensor:
+                cond: torch.Tensor | None = None, augment_labels: torch.Tensor | None = None,
+                time2: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.map_noise(noise_labels)                                              # (N, model_channels)
         if augment_labels is not None:
             emb = emb + self.map_augment(augment_labels.to(emb.dtype))
         emb = self.map_layer1(F.silu(self.map_layer0(emb)))                             # (N, emb_channels)
+        emb = emb + second_time(self.map_time2, time2, emb)
         if self.map_label is not None:
             emb = emb + self.map_label(_one_hot(class_labels, self.map_label.in_features, x.shape[0], x.device))
         emb = F.silu(emb)

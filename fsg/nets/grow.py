@@ -94,9 +94,10 @@ class GrownNet(nn.Module):
             self.levels.append(nn.Sequential(*blocks))
             ch = cfg.channels
         self.out = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
+        self.two_times = getattr(base, "two_times", False)
 
-    def forward(self, x, noise_labels, class_labels=None, cond=None):
-        h = self.base(F.avg_pool2d(x, self.factor), noise_labels, class_labels)   # (N, ch, R/2^L, R/2^L)
+    def forward(self, x, noise_labels, class_labels=None, cond=None, time2=None):
+        h = self.base(F.avg_pool2d(x, self.factor), noise_labels, class_labels, time2=time2)   # (N, ch, R/2^L, R/2^L)
         for level in self.levels:
             h = level(h)                                                         # resolution x2
         return self.out(h)                                                       # (N, C, R, R)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fsg.nets.layers import SecondTime, modulate, second_time
 from fsg.nets.mlp import FourierEmbedding
 
 
@@ -25,7 +26,10 @@ class UNetConfig:
     num_res_blocks: int = 1                  # residual blocks per level
     attn_resolutions: tuple[int, ...] = ()   # resolutions with self-attention
     dropout: float = 0.0                     # dropout inside residual blocks
-    label_dropout: float = 0.0               # kept for recipes; applied by the method (classifier-free guidance)
+    label_dropout: float = 0.0               # kept for recipes; applied by the engine (classifier-free guidance)
+    time_scale: float = 250.0                # the embedding sees time_scale * c_noise (250: 250 ln sigma for EDM)
+    double_norm: bool = False                # unit-RMS scale and shift (Lu & Song 2025, Sec. 4.1)
+    two_times: bool = False                  # a second time input (a flow map's t - r, MeanFlow)
 
     def build(self, shape, out_channels: int, cond_channels: int = 0, num_classes: int = 0) -> nn.Module:
         return UNet(shape[0], shape[-1], out_channels, cond_channels, num_classes, self)
@@ -36,8 +40,9 @@ def _norm(ch: int) -> nn.GroupNorm:
 
 
 class ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, emb: int, dropout: float):
+    def __init__(self, cin: int, cout: int, emb: int, dropout: float, double_norm: bool = False):
         super().__init__()
+        self.double_norm = double_norm
         self.norm1, self.conv1 = _norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
         self.affine = nn.Linear(emb, 2 * cout)
         self.norm2, self.drop, self.conv2 = _norm(cout), nn.Dropout(dropout), nn.Conv2d(cout, cout, 3, padding=1)
@@ -48,7 +53,7 @@ class ResBlock(nn.Module):
     def forward(self, x, e):
         h = self.conv1(F.silu(self.norm1(x)))
         scale, shift = self.affine(e)[:, :, None, None].chunk(2, dim=1)      # (N, cout, 1, 1) each
-        h = F.silu(self.norm2(h) * (1 + scale) + shift)
+        h = F.silu(modulate(self.norm2(h), scale, shift, self.double_norm))
         return self.skip(x) + self.conv2(self.drop(h))
 
 
@@ -71,15 +76,17 @@ class UNet(nn.Module):
     def __init__(self, in_ch: int, res: int, out_ch: int, cond_ch: int, num_classes: int, cfg: UNetConfig):
         super().__init__()
         mc, emb = cfg.model_channels, cfg.model_channels * 4
-        self.time = FourierEmbedding(mc)
+        self.time = FourierEmbedding(mc, scale=cfg.time_scale)
         self.time_mlp = nn.Sequential(nn.Linear(mc, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.two_times = cfg.two_times
+        self.time2 = SecondTime(FourierEmbedding(mc, scale=cfg.time_scale), mc, emb) if cfg.two_times else None
         self.num_classes = num_classes
         self.label = nn.Embedding(num_classes + 1, emb) if num_classes else None   # last index = dropped label
         self.inp = nn.Conv2d(in_ch + cond_ch, mc, 3, padding=1)
         self.down, chans, ch = nn.ModuleList(), [mc], mc
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
-                layers = [ResBlock(ch, mc * mult, emb, cfg.dropout)]
+                layers = [ResBlock(ch, mc * mult, emb, cfg.dropout, cfg.double_norm)]
                 ch = mc * mult
                 if res >> level in cfg.attn_resolutions:
                     layers.append(Attention(ch))
@@ -88,11 +95,11 @@ class UNet(nn.Module):
             if level < len(cfg.channel_mult) - 1:
                 self.down.append(nn.ModuleList([nn.AvgPool2d(2)]))
                 chans.append(ch)
-        self.mid = nn.ModuleList([ResBlock(ch, ch, emb, cfg.dropout), Attention(ch), ResBlock(ch, ch, emb, cfg.dropout)])
+        self.mid = nn.ModuleList([ResBlock(ch, ch, emb, cfg.dropout, cfg.double_norm), Attention(ch), ResBlock(ch, ch, emb, cfg.dropout, cfg.double_norm)])
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for _ in range(cfg.num_res_blocks + 1):
-                layers = [ResBlock(ch + chans.pop(), mc * mult, emb, cfg.dropout)]
+                layers = [ResBlock(ch + chans.pop(), mc * mult, emb, cfg.dropout, cfg.double_norm)]
                 ch = mc * mult
                 if res >> level in cfg.attn_resolutions:
                     layers.append(Attention(ch))
@@ -109,8 +116,9 @@ class UNet(nn.Module):
             h = layer(h, e) if isinstance(layer, (ResBlock, Attention)) else layer(h)
         return h
 
-    def forward(self, x, noise_labels, class_labels=None, cond=None):
+    def forward(self, x, noise_labels, class_labels=None, cond=None, time2=None):
         e = self.time_mlp(self.time(noise_labels))                                 # (N, emb)
+        e = e + second_time(self.time2, time2, e)
         if self.label is not None:
             labels = class_labels if class_labels is not None else torch.full_like(noise_labels, -1, dtype=torch.long)
             e = e + self.label(labels.long() % (self.num_classes + 1))

@@ -4,7 +4,7 @@
 `SamplerSpec`. A new sampler is its own module with a spec, plus one line here.
 """
 
-from fsg.sampling import bridges, ddm, pagoda, samplers
+from fsg.sampling import bridges, ddm, flowmap, pagoda, samplers, trigflow
 
 SAMPLERS = {
     "heun": samplers.HEUN,
@@ -18,4 +18,6 @@ SAMPLERS = {
     "ddm": ddm.DDM,
     "ddm-heun": ddm.DDM_HEUN,
     "pagoda": pagoda.PAGODA,
+    "scm": trigflow.SCM,
+    "flowmap": flowmap.FLOWMAP,
 }

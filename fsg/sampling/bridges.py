@@ -221,12 +221,12 @@ def plan_cdbm(model: LoadedModel, steps: int | None, times: Sequence[float] | No
 
 BRIDGES = ("bridge-vp", "bridge-ve", "bridge-i2sb")
 HYBRID = SamplerSpec(plan_hybrid, ("churn_step_ratio", "w"), BRIDGES, ("diffusion",),
-                     "DDBM's hybrid SDE/ODE sampler (Algorithm 1 of Zhou et al. 2024)")
+                     "DDBM's hybrid SDE/ODE sampler (Algorithm 1 of Zhou et al. 2024)", lambda n: 3 * n - 1, needs="conditions")
 DBIM = SamplerSpec(_plan_dbim("dbim", sample_dbim, ("eta",)), ("eta",), BRIDGES, ("diffusion",),
-                   "diffusion bridge implicit sampler (Zheng et al. 2025)")
+                   "diffusion bridge implicit sampler (Zheng et al. 2025)", lambda n: n, needs="conditions")
 DBIM2 = SamplerSpec(_plan_dbim("dbim2", partial(sample_dbim_high_order, order=2), ()), (), BRIDGES, ("diffusion",),
-                    "DBIM's 2nd-order multistep solver")
+                    "DBIM's 2nd-order multistep solver", lambda n: n, needs="conditions")
 DBIM3 = SamplerSpec(_plan_dbim("dbim3", partial(sample_dbim_high_order, order=3), ()), (), BRIDGES, ("diffusion",),
-                    "DBIM's 3rd-order multistep solver")
+                    "DBIM's 3rd-order multistep solver", lambda n: n, needs="conditions")
 CDBM = SamplerSpec(plan_cdbm, ("times",), BRIDGES, ("consistency",),
-                   "consistency bridge sampling (Sec. 3.4 of He et al. 2024)")
+                   "consistency bridge sampling (Sec. 3.4 of He et al. 2024)", lambda n: n, needs="conditions")

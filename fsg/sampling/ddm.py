@@ -86,6 +86,6 @@ def plan_ddm(model, steps: int | None, second_order: bool = False, split_last: b
 
 DDM_PROCESSES = ("ddm", "ddm-linear", "ddm-const2")
 DDM = SamplerSpec(plan_ddm, ("split_last",), DDM_PROCESSES, ("diffusion",),
-                  "DDM's ancestral steps through the closed-form posterior (Huang et al. 2023)")
+                  "DDM's ancestral steps through the closed-form posterior (Huang et al. 2023)", lambda n: n)
 DDM_HEUN = SamplerSpec(partial(plan_ddm, second_order=True), ("split_last",), DDM_PROCESSES, ("diffusion",),
-                       "DDM's steps with a 2nd-order correction of the drift")
+                       "DDM's steps with a 2nd-order correction of the drift", lambda n: 2 * n - 1)

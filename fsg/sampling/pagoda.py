@@ -44,4 +44,4 @@ def plan_pagoda(model, steps: int | None) -> OneStepPlan:
     return OneStepPlan("pagoda", torch.tensor([sigma_max], dtype=torch.float64), latent_shape=latent_shape(model.meta))
 
 
-PAGODA = SamplerSpec(plan_pagoda, (), ("edm",), ("diffusion",), "PaGoDA's one-step decoder (Kim et al. 2024)")
+PAGODA = SamplerSpec(plan_pagoda, (), ("edm",), ("diffusion",), "PaGoDA's one-step decoder (Kim et al. 2024)", lambda n: 1, needs="latent_factor")

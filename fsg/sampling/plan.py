@@ -34,8 +34,13 @@ class SamplerPlan:
     keeps_known = False                          # whether run() takes an inpainting mask (bridge samplers)
 
     def initial(self, noise, shape, cond=None) -> torch.Tensor:
-        """x_T (float64): N(0, sigma(T)^2 I) for the EDM family (T z), beta(T) y + sigma(T) z in general."""
-        return noise.randn(shape, torch.float64) * float(self.times[0])
+        """x_T (float64) = sigma(T) z, the prior of an unconditional process at T = times[0]: T z for the EDM family,
+        sigma_d sin(T) z for TrigFlow (a bridge plan starts from its condition instead)."""
+        if hasattr(self.process, "marginal"):
+            scale = float(self.process.marginal(torch.tensor(float(self.times[0]), dtype=torch.float64))[2])
+        else:                           # DDM's linear process (no Gaussian marginal): x_1 ~ N(0, I)
+            scale = float(self.times[0])
+        return noise.randn(shape, torch.float64) * scale
 
     def run(self, denoise, x, noise):
         return self.sample_fn(denoise, x, self.times, noise, self.process, **self.knobs)
@@ -44,14 +49,18 @@ class SamplerPlan:
 @dataclass(frozen=True)
 class SamplerSpec:
     """A registry entry: `plan(model, steps, **knobs) -> SamplerPlan`, the knobs it takes (any other given knob is
-    refused), and what it samples: the process names and preconditionings (the first of each makes the test model of
-    the sampler contract)."""
+    refused), what it samples (the process names and preconditionings; the first of each makes the test model of the
+    sampler contract) and its exact NFE per sample for `steps` with default knobs, which the contract checks against
+    the count."""
 
     plan: Callable[..., SamplerPlan]
     knobs: tuple[str, ...]
     processes: tuple[str, ...]
     preconds: tuple[str, ...]
     summary: str
+    nfe: Callable[[int], int]
+    needs: str = ""          # what the model needs besides the process: "conditions" (bridges), "two_times" (a flow
+                             # map), "latent_factor" (a PaGoDA generator)
 
 
 def default_sampler(meta: dict) -> tuple[str, int]:

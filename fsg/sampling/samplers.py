@@ -28,15 +28,17 @@ class CountingDenoiser:
         self.denoiser, self.cond, self.labels, self.clip, self.guidance = denoiser, cond, labels, clip, guidance
         self.nfe = 0
 
-    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t, r=None) -> torch.Tensor:
+        """x0_hat at (x, t); for a flow map with `r`, the jump x_r."""
         self.nfe += 1
         t = torch.as_tensor(t, dtype=torch.float32, device=x.device).expand(x.shape[0])
+        jump = {} if r is None else {"r": torch.as_tensor(r, dtype=torch.float32, device=x.device).expand(x.shape[0])}
         x32 = x.float()
-        out = self.denoiser(x32, t, cond=self.cond, labels=self.labels)
+        out = self.denoiser(x32, t, cond=self.cond, labels=self.labels, **jump)
         if self.guidance != 1.0 and self.labels is not None:
             # classifier-free guidance: D_w = D(null) + w (D(c) - D(null)); the second pass is a second NFE
             self.nfe += 1
-            uncond = self.denoiser(x32, t, cond=self.cond, labels=torch.full_like(self.labels, -1))
+            uncond = self.denoiser(x32, t, cond=self.cond, labels=torch.full_like(self.labels, -1), **jump)
             out = uncond + self.guidance * (out - uncond)
         if self.clip:
             out = out.clamp(-1, 1)
@@ -135,7 +137,12 @@ def plan_ode(name: str):
                 raise UserError(f"--{key.replace('_', '-')} must be a finite number >= 0, got {value:g}")
         p = model.process
         fn = sample_heun if name == "heun" else sample_euler
-        return SamplerPlan(name, karras_sigmas(n, p.sigma_min, p.sigma_max, p.rho), churn, process=p, sample_fn=fn)
+        times = karras_sigmas(n, p.sigma_min, p.sigma_max, p.rho)
+        if p.name == "trigflow":       # the same noise levels in TrigFlow time, t = arctan(sigma / sigma_d)
+            if churn.get("s_churn"):
+                raise UserError("--s-churn adds the noise of x = x0 + sigma eps; a TrigFlow model samples without it")
+            times = torch.atan(times / p.sigma_data)
+        return SamplerPlan(name, times, churn, process=p, sample_fn=fn)
     return plan
 
 
@@ -199,9 +206,9 @@ def plan_consistency(model, steps: int | None, timesteps=None, sigmas=None, edge
     return SamplerPlan("consistency", times, knobs, clip=True, process=model.process, sample_fn=sample_consistency)
 
 
-HEUN = SamplerSpec(plan_ode("heun"), ("s_churn", "s_tmin", "s_tmax", "s_noise"), ("edm", "vp"), ("diffusion",),
-                   "Heun's 2nd-order PF-ODE solver (Algorithm 2 of Karras et al. 2022)")
-EULER = SamplerSpec(plan_ode("euler"), ("s_churn", "s_tmin", "s_tmax", "s_noise"), ("edm", "vp"), ("diffusion",),
-                    "Euler's method on the PF-ODE")
+HEUN = SamplerSpec(plan_ode("heun"), ("s_churn", "s_tmin", "s_tmax", "s_noise"), ("edm", "vp", "trigflow"), ("diffusion",),
+                   "Heun's 2nd-order PF-ODE solver (Algorithm 2 of Karras et al. 2022)", lambda n: 2 * n - 1)
+EULER = SamplerSpec(plan_ode("euler"), ("s_churn", "s_tmin", "s_tmax", "s_noise"), ("edm", "vp", "trigflow"), ("diffusion",),
+                    "Euler's method on the PF-ODE", lambda n: n)
 CONSISTENCY = SamplerSpec(plan_consistency, ("timesteps", "sigmas", "edge_skip"), ("edm", "vp"),
-                          ("consistency", "ect"), "multistep consistency sampling (Algorithm 1 of Song et al. 2023)")
+                          ("consistency", "ect"), "multistep consistency sampling (Algorithm 1 of Song et al. 2023)", lambda n: n)

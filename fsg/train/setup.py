@@ -12,6 +12,7 @@ import torch
 from fsg.data import build_dataset
 from fsg.data.augment import LABELS, AugmentPipe
 from fsg.data.latents import LatentStore
+from fsg.data.vae import draw_latents
 from fsg.errors import UserError
 from fsg.io.config import to_dict
 from fsg.methods import METHODS
@@ -104,7 +105,7 @@ def batch_transform(pipe: AugmentPipe | None, num_classes: int, label_dropout: f
     the batch for a model without classes; else "label_true" keeps the data's class and "label" is -1 with
     probability `label_dropout` (classifier-free guidance's null label)."""
     def transform(batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
-        batch = dict(batch)
+        batch = draw_latents(dict(batch), gen)     # SD-VAE latents: a sample of each posterior (fsg.data.vae)
         if pipe is not None:
             batch["x"], batch["augment_labels"] = pipe(batch["x"], gen)
         labels = batch.pop("label", None)
@@ -154,10 +155,11 @@ def build_run(recipe, command: str, device: torch.device, teacher: str | Path | 
         teacher_model = load_model(teacher, device)
         if getattr(method_cls, "start_network", None) is None:
             _check_compatible(teacher_model, dataset, "teacher")
-    elif method_cls.needs_teacher or method_cls.init_from_teacher:
+    elif method_cls.needs_teacher or method_cls.starts_from_teacher(recipe.method):
         raise UserError(f"method '{name}' needs --teacher (a diffusion model to start from)")
 
-    start = load_model(init, device) if init is not None else (teacher_model if method_cls.init_from_teacher else None)
+    from_teacher = method_cls.starts_from_teacher(recipe.method)
+    start = load_model(init, device) if init is not None else (teacher_model if from_teacher else None)
     if start is not None:
         net_cfg, net, out_ch, num_classes, process = _start_model(recipe, method_cls, start, teacher_model, dataset,
                                                                   shape, cond_ch)
@@ -168,7 +170,11 @@ def build_run(recipe, command: str, device: torch.device, teacher: str | Path | 
         net_cfg, process, num_classes = recipe.network, recipe.process, dataset.num_classes
         out_ch = shape[0] * getattr(process, "out_multiplier", getattr(method_cls, "out_multiplier", 1))
         net = net_cfg.build(shape, out_ch, cond_ch, num_classes)
+    process = method_cls.process_for(recipe.method, process)
     _check_method_fits(method_cls, process.name, shape, cond_ch, recipe.data.source)
+    if method_cls.two_times != getattr(net, "two_times", False):
+        raise UserError(f"method '{name}' trains a {'two' if method_cls.two_times else 'single'}-time network: "
+                        f"set network.two_times: {'true' if method_cls.two_times else 'false'}")
     pipe = augment_pipe(recipe, method_cls, net, shape, cond_ch)
 
     latents = None
@@ -181,7 +187,10 @@ def build_run(recipe, command: str, device: torch.device, teacher: str | Path | 
     method = method_cls(cfg, model, process, teacher=teacher_model.denoiser if teacher_model else None, run=run)
     meta = model_meta(model, net_cfg, shape, out_ch, cond_ch, num_classes, **method.export_meta(), data=to_dict(recipe.data))
     meta["sample"] = recipe_sample_defaults(meta["sample"], recipe.sample)
-    if teacher_model is not None:       # provenance; PaGoDA's editing encodes with it
-        meta["teacher"] = str(Path(teacher).resolve())
+    if getattr(dataset, "vae", None) is not None:     # a latent model: `fsg sample --vae DIR` decodes its samples
+        meta["vae"] = dataset.vae
+    if teacher_model is not None:       # provenance; PaGoDA's editing encodes with it (fsg.models.load.load_teacher)
+        given = Path(teacher)           # as given, else the file a bundled name stands for; the engine adds the
+        meta["teacher"] = str((given if given.exists() else teacher_model.path).resolve())   # relative path
         meta["teacher_fingerprint"] = model_fingerprint(teacher_model.denoiser.net)
     return RunParts(dataset, method, meta, batch_transform(pipe, num_classes, recipe.train.label_dropout))
