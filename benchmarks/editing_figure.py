@@ -154,7 +154,7 @@ def commands(model: Path, out: Path, quick: bool) -> dict[str, list]:
         "stroke": ["edit", "stroke", "--input", inputs / "strokes", "--t-start", "1.2", "--steps", "2", *common],
         "denoise": ["edit", "denoise", "--input", inputs / "digits", "--sigma", DENOISE_SIGMA, "--add-noise",
                     *common],
-        "interpolate": ["interpolate", "--n-points", "10", "--seeds", "0,1", *model_opts],
+        "interpolate": ["interpolate", "-n", "10", "--seeds", "0,1", *model_opts],
     }
 
 
