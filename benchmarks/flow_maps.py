@@ -8,7 +8,7 @@ second time input) with `train.max_steps` set to the same S. Steps: MeanFlow jum
 iCT samples on its training grid (`--steps k`), sCT at t_max then evenly spaced times from 1.1 down.
 
 Metrics. Toy: sliced Wasserstein-2 and RBF MMD^2 to 5,000 fresh moons points (the floor of 5,000 fresh points
-against them is about 0.02 SW). Digits: digits-FID and `recognised` (see benchmarks/consistency_family.py).
+against them is 0.029 SW). Digits: digits-FID and `recognised` (see benchmarks/consistency_family.py).
 
     python benchmarks/flow_maps.py                  # toy, 3 training seeds, S = 4000
     python benchmarks/flow_maps.py --data digits    # digits, 1 seed, S = 1500 (--seeds 3 for three)

@@ -54,3 +54,16 @@ def second_time(module: "SecondTime | None", time2: torch.Tensor | None, like: t
         return 0.0
     h = time2 if time2 is not None else torch.zeros(like.shape[0], dtype=like.dtype, device=like.device)
     return module(h).to(like.dtype)
+
+
+def small_net_embedding(net: torch.nn.Module, noise_labels: torch.Tensor, class_labels: torch.Tensor | None,
+                        time2: torch.Tensor | None) -> torch.Tensor:
+    """The conditioning embedding of fsg's small networks (the MLP and the UNet): time MLP of the noise label, plus
+    the second time (flow maps), plus the class embedding, where a missing label is the null class (index
+    num_classes, the label dropout of classifier-free guidance)."""
+    e = net.time_mlp(net.time(noise_labels))
+    e = e + second_time(net.time2, time2, e)
+    if net.label is not None:
+        labels = class_labels if class_labels is not None else torch.full_like(noise_labels, -1, dtype=torch.long)
+        e = e + net.label(labels.long() % (net.num_classes + 1))
+    return e

@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from fsg.nets.layers import SecondTime, add_embedding, at_least_float32, second_time
+from fsg.nets.layers import SecondTime, add_embedding, at_least_float32, small_net_embedding
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,7 @@ class MLP(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, out_dim))
 
     def forward(self, x, noise_labels, class_labels=None, cond=None, time2=None):
-        e = self.time_mlp(self.time(noise_labels))                  # (N, emb)
-        e = e + second_time(self.time2, time2, e)
-        if self.label is not None:
-            labels = class_labels if class_labels is not None else torch.full_like(noise_labels, -1, dtype=torch.long)
-            e = e + self.label(labels.long() % (self.num_classes + 1))
+        e = small_net_embedding(self, noise_labels, class_labels, time2)        # (N, emb)
         h = self.inp(x if cond is None else torch.cat([x, cond], dim=1))  # (N, hidden)
         for block in self.blocks:
             h = block(h, e)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsg.nets.layers import SecondTime, modulate, second_time
+from fsg.nets.layers import SecondTime, modulate, small_net_embedding
 from fsg.nets.mlp import FourierEmbedding
 
 
@@ -117,11 +117,7 @@ class UNet(nn.Module):
         return h
 
     def forward(self, x, noise_labels, class_labels=None, cond=None, time2=None):
-        e = self.time_mlp(self.time(noise_labels))                                 # (N, emb)
-        e = e + second_time(self.time2, time2, e)
-        if self.label is not None:
-            labels = class_labels if class_labels is not None else torch.full_like(noise_labels, -1, dtype=torch.long)
-            e = e + self.label(labels.long() % (self.num_classes + 1))
+        e = small_net_embedding(self, noise_labels, class_labels, time2)        # (N, emb)
         h = self.inp(x if cond is None else torch.cat([x, cond], dim=1))         # (N, mc, H, W)
         skips = [h]
         for layers in self.down:
