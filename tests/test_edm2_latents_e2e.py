@@ -15,18 +15,6 @@ from fsg.data.vae import StabilityVAE, encode_dataset
 from fsg.io.checkpoint import read_model
 
 
-@pytest.fixture(scope="module")
-def vae_folder(tmp_path_factory):
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    model = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                                    up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
-                                    layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=16)
-    folder = tmp_path_factory.mktemp("vae")
-    model.save_pretrained(folder)
-    return folder
-
-
 @pytest.mark.slow
 def test_train_on_latents_and_sample_decoded_images(vae_folder, tmp_path):
     digits = build_dataset(DataConfig(source="digits", resolution=16, channels=3, labels=True))

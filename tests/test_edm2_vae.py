@@ -56,18 +56,6 @@ class _Images(torch.utils.data.Dataset):
         return {"x": self.x[i], "label": torch.tensor(i % 3), "index": torch.tensor(i)}
 
 
-@pytest.fixture(scope="module")
-def vae_folder(tmp_path_factory):
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    model = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                                    up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
-                                    layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=16)
-    folder = tmp_path_factory.mktemp("vae")
-    model.save_pretrained(folder)
-    return folder
-
-
 def test_encode_store_read_decode(vae_folder, tmp_path):
     vae = StabilityVAE(vae_folder)
     images = _Images()
