@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 import time
 from datetime import date
 from pathlib import Path
@@ -37,6 +38,16 @@ def sample_timed(model, n: int, batch_size: int, seed: int = 0, **kw) -> tuple[t
     stream = iter_samples(model, n, seed=seed, batch_size=batch_size, device="cpu", **kw)
     x = torch.cat([b for _, b, _ in stream])
     return x, stream.nfe, time.perf_counter() - start
+
+
+def mean_std(rows: list[dict], keys: list[str]) -> dict[str, float]:
+    """Mean and sample standard deviation (0 for one run) of each key over rows: {k: mean, k_std: sd}."""
+    out = {}
+    for k in keys:
+        values = [r[k] for r in rows]
+        out[k] = statistics.mean(values)
+        out[f"{k}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return out
 
 
 def machine() -> str:

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, report  # noqa: E402
+from common import ROOT, mean_std, report  # noqa: E402
 
 from fsg.app.train import train  # noqa: E402
 from fsg.data import sample_toy  # noqa: E402
@@ -194,10 +194,7 @@ def summarise(rows: list[dict], keys: list[str]) -> list[dict]:
         group = [r for r in rows if (r["budget"], r["method"]) == group_key]
         row = {"budget": group_key[0], "method": group_key[1], "runs": len(group),
                "steps": statistics.mean(r["steps"] for r in group)}
-        for k in keys:
-            values = [r[k] for r in group]
-            row[k] = statistics.mean(values)
-            row[f"{k}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        row.update(mean_std(group, keys))
         out.append(row)
     return out
 

@@ -20,7 +20,6 @@ Writes benchmarks/results/flow_maps[_digits|_quick].json; runs go to runs/flow_m
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, report  # noqa: E402
+from common import ROOT, mean_std, report  # noqa: E402
 from consistency_family import metrics, resume_or_clear, samples  # noqa: E402
 
 from fsg.app.train import train  # noqa: E402
@@ -89,10 +88,7 @@ def main() -> None:
     for name in METHODS:
         group = [r for r in rows if r["method"] == name]
         row = {"method": name, "runs": len(group), "steps": steps}
-        for key in keys:
-            values = [r[key] for r in group]
-            row[key] = statistics.mean(values)
-            row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        row.update(mean_std(group, keys))
         row["more steps"] = trend([row[f"{metric}_{k}"] for k in STEPS])
         summary.append(row)
     name = "flow_maps_quick" if args.quick else ("flow_maps" if toy else "flow_maps_digits")
