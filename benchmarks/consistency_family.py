@@ -16,7 +16,7 @@ is no class to agree with: this measures how many look like some digit). 2 steps
 grids (`--steps 2`), ECT and SCT at sigma 80 then 0.821 (ECT's CIFAR-10 time), sCT and sCD at t_max then 1.1.
 
 Toy teachers: teacher 0 is the bundled assets/edm_toy; teacher k > 0 is recipes/tiny/edm_toy.yaml trained under seed
-k (shared with benchmarks/ect_vs_sct.py through runs/ect_vs_sct/teachers/ when that has it, else trained here once).
+k, the teacher of benchmarks/ect_vs_sct.py (runs/ect_vs_sct/teachers/, trained once and shared).
 sCD's criterion of issue 21 is measured per toy teacher: sliced W2 of 1-step sCD samples to the teacher's 35-NFE Heun
 samples against that of the teacher's own 19-NFE Heun samples (`scd_criterion` in the JSON).
 
@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ect_vs_sct  # noqa: E402
 from common import ROOT, mean_std, report  # noqa: E402
 
 from fsg.app.train import train  # noqa: E402
@@ -92,19 +93,12 @@ def metrics(data: str, x: torch.Tensor) -> dict[str, float]:
     return {"fid": digits_fid(x), "recognised": recognised(x)}
 
 
-def toy_teacher(k: int, runs: Path, quick: bool) -> Path:
-    """Teacher k of the toy: the bundled one for k = 0, else recipes/tiny/edm_toy.yaml under seed k (trained once)."""
+def toy_teacher(k: int, quick: bool) -> Path:
+    """Teacher k of the toy: the bundled one for k = 0, else benchmarks/ect_vs_sct.py's teacher of seed k (trained
+    once by recipes/tiny/edm_toy.yaml under runs/ect_vs_sct/teachers/, shared by both benchmarks)."""
     if k == 0 and not quick:
         return ROOT / "assets" / "edm_toy"
-    shared = ROOT / "runs" / "ect_vs_sct" / "teachers" / f"edm_toy_t{k}"
-    if not quick and (shared / "model.safetensors").is_file():
-        return shared
-    teacher = runs / f"edm_toy_teacher{k}"
-    if not (teacher / "model.safetensors").is_file():
-        train("train-diffusion", ROOT / "recipes/tiny/edm_toy.yaml", ["train.max_steps=600"] if quick else [],
-              run_dir=teacher, device="cpu", seed=k, resume="auto" if (teacher / "checkpoints").is_dir() else None,
-              progress=False)
-    return teacher
+    return ect_vs_sct.toy_teacher(k, ROOT / "runs" / ("bench_quick" if quick else ""), 300 if quick else None)
 
 
 def sw_to_teacher(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -221,7 +215,7 @@ def main() -> None:
     n_seeds = args.seeds or (1 if args.quick or not toy else 3)
     time_seeds = args.time_seeds or n_seeds
     runs = ROOT / "runs" / "consistency_family" / ("quick" if args.quick else args.data)
-    teachers = ([toy_teacher(k, runs, args.quick) for k in range(n_teachers)] if toy
+    teachers = ([toy_teacher(k, args.quick) for k in range(n_teachers)] if toy
                 else [ROOT / "assets" / "edm_digits"])
     n = 2000 if toy else 1000
     refs = {t: teacher_reference(t, n) for t in teachers} if toy else {}
