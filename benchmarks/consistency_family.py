@@ -201,7 +201,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=None, help="training seeds (toy: 3; digits: 1)")
     ap.add_argument("--steps", type=int, default=None, help="training steps S (toy: 2000; digits: 400)")
     ap.add_argument("--no-equal-time", action="store_true", help="skip the equal wall-clock runs")
-    ap.add_argument("--time-teachers", type=int, default=1, help="teachers of the equal wall-clock runs (toy: 1)")
+    ap.add_argument("--time-teachers", type=int, default=None,
+                    help="teachers of the equal wall-clock runs (default: all of --teachers)")
     ap.add_argument("--time-seeds", type=int, default=None, help="training seeds of the equal wall-clock runs (default: --seeds)")
     ap.add_argument("--jobs", type=int, default=1, help="training runs in parallel, one thread each")
     ap.add_argument("--scd-criterion", action="store_true",
@@ -225,7 +226,7 @@ def main() -> None:
         budgets = [("recipe steps", {"sCD": None}, teachers, n_seeds)]
     elif not args.no_equal_time:
         budgets.append(("equal time", {m: max(1, round(steps * costs["CD"] / costs[m])) for m in METHODS},
-                        teachers[:args.time_teachers], time_seeds))
+                        teachers[:args.time_teachers or len(teachers)], time_seeds))
     jobs = []
     for budget, method_steps, pool, seeds in budgets:
         for name, (_, _, needs_teacher, _) in METHODS.items():
