@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import copy
 import pickle
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -26,6 +24,7 @@ from fsg.models.denoiser import Denoiser
 from fsg.models.importers import import_checkpoint
 from fsg.models.load import load_model
 from fsg.nets.edm2 import Block, EDM2UNetConfig, MPConv, MPFourier, UNet
+from tests.persistence import PersistencePickler, install_easydict, install_persistence
 
 CFG = EDM2UNetConfig(model_channels=32, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,), channels_per_head=32,
                      dropout=0.1)
@@ -57,48 +56,27 @@ class _RGBEncoder:
     pass
 
 
-class _PersistencePickler(pickle.Pickler):
-    """Pickles objects the way torch_utils.persistence does: _reconstruct_persistent_obj(meta) with the class name,
-    the module's source and the state (the object's __dict__ plus _init_args / _init_kwargs)."""
+class _PersistencePickler(PersistencePickler):
+    """EDM2's persistent classes by name; each stores its __dict__ plus the constructor's keyword arguments."""
 
     names = {_Precond: "Precond", UNet: "UNet", Block: "Block", MPConv: "MPConv", MPFourier: "MPFourier",
              _Loss: "EDM2Loss", _VAEEncoder: "StabilityVAEEncoder", _RGBEncoder: "StandardRGBEncoder"}
 
     def __init__(self, file, reconstruct, kwargs, module_src, protocol):
-        super().__init__(file, protocol=protocol)
-        self.reconstruct, self.kwargs, self.module_src = reconstruct, kwargs, module_src
+        super().__init__(file, reconstruct, module_src, protocol)
+        self.kwargs = kwargs
 
-    def reducer_override(self, obj):
-        name = self.names.get(type(obj))
-        if name is None:
-            return NotImplemented
-        state = dict(obj.__dict__, _init_args=(), _init_kwargs=self.kwargs.get(name, {}))
-        meta = dict(type="class", version=6, module_src=self.module_src, class_name=name, state=state)
-        return self.reconstruct, (meta,)
+    def name_of(self, obj):
+        return self.names.get(type(obj))
+
+    def state_of(self, obj, name):
+        return dict(obj.__dict__, _init_args=(), _init_kwargs=self.kwargs.get(name, {}))
 
 
 @pytest.fixture
 def edm2_modules(monkeypatch):
     """Stand-ins for torch_utils.persistence and dnnlib.util, so that pickles name their globals as EDM2's do."""
-    persistence = types.ModuleType("torch_utils.persistence")
-
-    def _reconstruct_persistent_obj(meta):
-        raise AssertionError("fsg must never call the pickled reconstruct function")
-
-    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
-    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
-    persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
-    util = types.ModuleType("dnnlib.util")
-
-    class EasyDict(dict):
-        pass
-
-    EasyDict.__module__, EasyDict.__qualname__ = "dnnlib.util", "EasyDict"
-    util.EasyDict = EasyDict
-    for name, module in {"torch_utils": types.ModuleType("torch_utils"), "torch_utils.persistence": persistence,
-                         "dnnlib": types.ModuleType("dnnlib"), "dnnlib.util": util}.items():
-        monkeypatch.setitem(sys.modules, name, module)
-    return _reconstruct_persistent_obj, EasyDict
+    return install_persistence(monkeypatch), install_easydict(monkeypatch)
 
 
 def _random_edm2(shape, classes, seed=0):

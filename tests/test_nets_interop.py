@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 import os
 import pickle
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -26,6 +24,7 @@ from fsg.models.importers import build_network, import_checkpoint, infer_adm_con
 from fsg.nets.adm import ADMConfig, AttentionBlock, timestep_embedding
 from fsg.nets.edm import (Conv2d, DhariwalUNet, DhariwalUNetConfig, FourierEmbedding, PositionalEmbedding, SongUNet,
                           SongUNetConfig, UNetBlock)
+from tests.persistence import PersistencePickler, install_persistence, persistent_meta
 
 CM_IMAGENET64 = ADMConfig()   # 192 ch, (1,2,3,4), 3 blocks, attn 32,16,8, 64 ch/head, scale-shift, resblock up/down
 DDBM_E2H = ADMConfig(dropout=0.1)
@@ -398,47 +397,33 @@ class _ECMLoss:
         return t
 
 
-class _PersistencePickler(pickle.Pickler):
-    """Pickles modules the way torch_utils.persistence does: _reconstruct_persistent_obj(meta) with the
-    class name, the source of its module, and its state (with _init_kwargs)."""
+class _PersistencePickler(PersistencePickler):
+    """EDM's persistent classes; each stores its __dict__ (one dict per object, as persistence pickles obj.__dict__
+    itself) with the constructor's keyword arguments, keyed by the object's id."""
 
     def __init__(self, file, reconstruct, kwargs: dict, module_src: str = "# the module's source"):
-        super().__init__(file, protocol=4)
-        self.reconstruct, self.kwargs, self.module_src = reconstruct, kwargs, module_src
-        self.states = {}     # one state dict per object, as persistence pickles obj.__dict__ itself
+        super().__init__(file, reconstruct, module_src)
+        self.kwargs, self.states = kwargs, {}
 
-    def reducer_override(self, obj):
+    def name_of(self, obj):
         if isinstance(obj, _Precond):
-            name = obj.class_name
-        elif isinstance(obj, _ECMLoss):
-            name = "ECMLoss"
-        elif type(obj) in _EDM_NAMES:
-            name = _EDM_NAMES[type(obj)]
-        else:
-            return NotImplemented
+            return obj.class_name
+        if isinstance(obj, _ECMLoss):
+            return "ECMLoss"
+        return _EDM_NAMES.get(type(obj))
+
+    def state_of(self, obj, name):
         if id(obj) not in self.states:
             state = self.states[id(obj)] = dict(obj.__dict__, _init_args=(), _init_kwargs=self.kwargs.get(id(obj), {}))
             if isinstance(obj, UNetBlock):
                 state["skip_scale"] = np.float64(obj.skip_scale)      # EDM stores np.sqrt(0.5)
-        state = self.states[id(obj)]
-        meta = dict(type="class", version=6, module_src=self.module_src, class_name=name, state=state)
-        return self.reconstruct, (meta,)
+        return self.states[id(obj)]
 
 
 @pytest.fixture
 def persistence(monkeypatch):
     """A stand-in `torch_utils.persistence` module so that pickles name its reconstruct function."""
-    module = types.ModuleType("torch_utils.persistence")
-
-    def _reconstruct_persistent_obj(meta):
-        raise AssertionError("fsg must never call the pickled reconstruct function")
-
-    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
-    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
-    module._reconstruct_persistent_obj = _reconstruct_persistent_obj
-    monkeypatch.setitem(sys.modules, "torch_utils", types.ModuleType("torch_utils"))
-    monkeypatch.setitem(sys.modules, "torch_utils.persistence", module)
-    return _reconstruct_persistent_obj
+    return install_persistence(monkeypatch)
 
 
 def _edm_kwargs(cfg, shape, num_classes):
@@ -560,7 +545,7 @@ class _Unknown:
         self.reconstruct, self.source = reconstruct, source
 
     def __reduce__(self):
-        return self.reconstruct, (dict(type="class", version=6, module_src=self.source, class_name="Backdoor", state={}),)
+        return self.reconstruct, (persistent_meta("Backdoor", {}, self.source),)
 
 
 def test_checkpoint_of_another_resolution_names_expected_and_found(tmp_path, persistence):
